@@ -1,0 +1,337 @@
+"""Local-filesystem blob storage: the default when `STORAGE_URL` is unset.
+
+Layout under `root` (everything on one filesystem so renames are atomic):
+
+    objects/<key>            the bytes, at a path that mirrors the key (browsable by operators)
+    meta/<hh>/<sha256>.json  content type and disposition given at upload
+    tmp/                     files being written, renamed into place when complete
+
+Metadata lives under a hash of the key rather than next to the object, so no key can ever
+collide with a metadata file (`a` and `a.json/b` are both valid keys).
+
+Read URLs point at a download route this client adds to Chainlit's server (`mount`); they
+carry an expiry and an HMAC-SHA256 signature, so guessing a key gives nothing. All file I/O
+runs in worker threads (`asyncio.to_thread`): the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import hmac
+import json
+import mimetypes
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from .base import (
+    DEFAULT_URL_EXPIRY_SECONDS,
+    BlobStorage,
+    InvalidObjectKey,
+    ObjectExists,
+    ObjectNotFound,
+    StorageAccessDenied,
+    StorageError,
+    validate_object_key,
+)
+from ._url import content_disposition, expiry_from, query_params
+
+# Signed URLs expire on a 60 s grid: the same object read twice within a minute gets the
+# same URL, so the browser cache keeps working although Chainlit re-signs on every read.
+_EXPIRY_GRANULARITY = 60
+# A concurrent delete may prune an empty directory between our makedirs and our rename.
+_PUBLISH_ATTEMPTS = 5
+
+# Types a browser would execute if served inline from the app's own origin: stored XSS via
+# an uploaded file. They are sent as attachments inside a CSP sandbox instead.
+_ACTIVE_CONTENT_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/javascript",
+        "application/javascript",
+        "application/ecmascript",
+        "text/ecmascript",
+    }
+)
+
+
+class LocalStorage(BlobStorage):
+    """Blobs as files under `root`, served through signed, expiring links."""
+
+    signs_urls = True
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        secret: bytes,
+        base_url: str = "/blobs",
+        url_expiry_seconds: int = DEFAULT_URL_EXPIRY_SECONDS,
+    ):
+        super().__init__(url_expiry_seconds=url_expiry_seconds)
+        if not secret:
+            raise ValueError("LocalStorage needs a non-empty secret to sign its URLs")
+        self._secret = bytes(secret)
+        self.root = Path(root).expanduser().absolute()
+        self.base_url = base_url.rstrip("/")
+        self.route_path = (urlsplit(self.base_url).path or "").rstrip("/") + "/{key:path}"
+        self._objects = self.root / "objects"
+        self._meta = self.root / "meta"
+        self._tmp = self.root / "tmp"
+        # Creating three directories is instant; doing it here keeps every later call simple.
+        for directory in (self._objects, self._meta, self._tmp):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._objects_real = self._objects.resolve()
+
+    def __repr__(self) -> str:
+        return f"LocalStorage(root={str(self.root)!r}, base_url={self.base_url!r})"
+
+    @classmethod
+    def from_url(cls, url: str, *, data_dir: Path, secret: bytes) -> "LocalStorage":
+        """`file:///abs/path`, or `file://rel/path` relative to `data_dir`; `file://` alone
+        means `data_dir/blobs`. Query: `base_url=/blobs`, `expiry=SECONDS`."""
+        parts = urlsplit(url)
+        if parts.scheme != "file":
+            raise ValueError(f"not a file:// URL: {url!r}")
+        path = unquote(parts.path)
+        if parts.netloc in ("", "localhost"):
+            root = Path(path) if path not in ("", "/") else Path(data_dir) / "blobs"
+        else:
+            root = Path(data_dir) / (unquote(parts.netloc) + path)
+        params = query_params(url)
+        return cls(
+            root,
+            secret=secret,
+            base_url=params.get("base_url", "/blobs"),
+            url_expiry_seconds=expiry_from(params),
+        )
+
+    # ---- paths ---------------------------------------------------------------------
+    def _object_path(self, key: str) -> Path:
+        path = self._objects / key
+        # validate_object_key already refuses `..` and absolute keys; this also catches a
+        # symlink planted inside the tree that points outside it.
+        if not path.resolve().is_relative_to(self._objects_real):
+            raise InvalidObjectKey(f"object key escapes the storage root: {key!r}")
+        return path
+
+    def _meta_path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
+        return self._meta / digest[:2] / f"{digest}.json"
+
+    # ---- signing -------------------------------------------------------------------
+    def _signature(self, key: str, exp: int) -> str:
+        message = f"{exp}\n{key}".encode("utf-8")
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def sign(self, key: str, expires_at: int) -> str:
+        return f"{self.base_url}/{quote(key, safe='/')}?exp={expires_at}&sig={self._signature(key, expires_at)}"
+
+    def verify_signature(self, key: str, exp: str | int | None, sig: str | None) -> bool:
+        """True when `sig` is this storage's signature of `key` until `exp`, not yet past."""
+        if exp is None or sig is None:
+            return False
+        try:
+            expires_at = int(exp)
+        except (TypeError, ValueError):
+            return False
+        if expires_at < time.time():
+            return False
+        return hmac.compare_digest(self._signature(key, expires_at), str(sig))
+
+    async def _read_url(self, key: str) -> str:
+        deadline = time.time() + self.url_expiry_seconds
+        expires_at = -(-int(deadline) // _EXPIRY_GRANULARITY) * _EXPIRY_GRANULARITY
+        return self.sign(key, expires_at)
+
+    # ---- backend hooks ---------------------------------------------------------------
+    async def _upload(self, key, body, mime, overwrite, content_disposition):
+        meta = {"key": key, "mime": mime, "content_disposition": content_disposition}
+        await asyncio.to_thread(self._write_sync, key, body, meta, overwrite)
+
+    async def _read(self, key):
+        path = self._object_path(key)
+
+        def read() -> bytes:
+            with _translated(key, missing=ObjectNotFound):
+                return path.read_bytes()
+
+        return await asyncio.to_thread(read)
+
+    async def _delete(self, key):
+        await asyncio.to_thread(self._delete_sync, [key])
+
+    async def _delete_many(self, keys):
+        await asyncio.to_thread(self._delete_sync, keys)
+
+    # ---- blocking work, run in threads ---------------------------------------------
+    def _write_temp(self, data: bytes) -> str:
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="up-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                # fsync before the rename: after a crash the key holds the old or the new
+                # bytes, never a truncated file.
+                os.fsync(handle.fileno())
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
+
+    def _write_sync(self, key: str, body: bytes, meta: dict[str, Any], overwrite: bool) -> None:
+        dest = self._object_path(key)
+        with _translated(key):
+            tmp = self._write_temp(body)
+            try:
+                self._publish(key, tmp, dest, overwrite)
+            finally:
+                _unlink_quietly(tmp)
+            meta_path = self._meta_path(key)
+            meta_path.parent.mkdir(exist_ok=True)
+            meta_tmp = self._write_temp(json.dumps(meta).encode("utf-8"))
+            try:
+                os.replace(meta_tmp, meta_path)
+            finally:
+                _unlink_quietly(meta_tmp)
+
+    def _publish(self, key: str, tmp: str, dest: Path, overwrite: bool) -> None:
+        """Move the finished temp file to `dest` in one atomic step."""
+        for attempt in range(_PUBLISH_ATTEMPTS):
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise StorageError(
+                    f"object key {key!r} needs a folder where an object already exists"
+                ) from None
+            if dest.is_dir():
+                raise StorageError(f"object key {key!r} is a prefix of other objects")
+            try:
+                if overwrite:
+                    os.replace(tmp, dest)
+                else:
+                    # link() fails if dest exists, atomically: two racing uploads with
+                    # overwrite=False cannot both win, unlike an exists()-then-write check.
+                    os.link(tmp, dest)
+                return
+            except FileExistsError:
+                raise ObjectExists(f"object already exists: {key}") from None
+            except FileNotFoundError:
+                # A delete pruned our freshly made parent folder; make it again.
+                if attempt == _PUBLISH_ATTEMPTS - 1:
+                    raise
+
+    def _delete_sync(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self._object_path(key)
+            with _translated(key):
+                try:
+                    path.unlink()
+                except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                    pass  # not an object: deleting it is a no-op by contract
+                _unlink_quietly(self._meta_path(key))
+                self._prune_empty_parents(path.parent)
+
+    def _prune_empty_parents(self, directory: Path) -> None:
+        """Remove folders a delete left empty (a thread's folder after the thread goes)."""
+        while directory != self._objects and directory.is_relative_to(self._objects):
+            try:
+                directory.rmdir()
+            except OSError:
+                return  # not empty, already gone, or busy: all fine to leave
+            directory = directory.parent
+
+    def stat_object(self, key: str) -> tuple[Path, os.stat_result, str, str | None]:
+        """(path, stat, mime, stored disposition) of an object; blocking, for the route."""
+        path = self._object_path(key)
+        with _translated(key, missing=ObjectNotFound):
+            stat_result = path.stat()
+            if not os.path.isfile(path):
+                raise ObjectNotFound(f"no such object: {key}")
+        mime, disposition = None, None
+        try:
+            meta = json.loads(self._meta_path(key).read_text("utf-8"))
+            mime, disposition = meta.get("mime"), meta.get("content_disposition")
+        except FileNotFoundError:
+            pass  # written by hand or by an older version: guess from the name below
+        if not mime or mime == "application/octet-stream":
+            mime = mimetypes.guess_type(key)[0] or mime or "application/octet-stream"
+        return path, stat_result, mime, disposition
+
+    # ---- HTTP route ----------------------------------------------------------------
+    def mount(self, app) -> None:
+        """Serve signed downloads at `{base_url}/{key}` on a Starlette/FastAPI app.
+
+        Inserted at the front of the route table: Chainlit registers a catch-all
+        `/{full_path:path}` for its single-page app that would otherwise answer first."""
+        from starlette.routing import Route
+
+        name = f"blob-download:{self.route_path}"
+        if any(getattr(route, "name", None) == name for route in app.router.routes):
+            return
+        route = Route(self.route_path, self._serve, methods=["GET", "HEAD"], name=name)
+        app.router.routes.insert(0, route)
+
+    async def _serve(self, request):
+        from starlette.responses import FileResponse, PlainTextResponse
+
+        key = request.path_params["key"]
+        if not self.verify_signature(key, request.query_params.get("exp"), request.query_params.get("sig")):
+            return PlainTextResponse("invalid or expired link", status_code=403)
+        if self._closed:
+            return PlainTextResponse("storage closed", status_code=503)
+        try:
+            key = validate_object_key(key)
+            path, stat_result, mime, disposition = await asyncio.to_thread(self.stat_object, key)
+        except (ObjectNotFound, InvalidObjectKey):
+            return PlainTextResponse("not found", status_code=404)
+        headers = {
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": f"private, max-age={max(0, int(request.query_params['exp']) - int(time.time()))}",
+        }
+        base_mime = mime.split(";", 1)[0].strip().lower()
+        filename = key.rsplit("/", 1)[-1]
+        if base_mime in _ACTIVE_CONTENT_TYPES:
+            headers["Content-Security-Policy"] = "sandbox"
+            headers["Content-Disposition"] = content_disposition("attachment", filename)
+        else:
+            headers["Content-Disposition"] = disposition or content_disposition("inline", filename)
+        return FileResponse(path, headers=headers, media_type=mime, stat_result=stat_result)
+
+
+class _translated:
+    """Turn OSErrors of one key's file operations into the storage's typed errors."""
+
+    def __init__(self, key: str, missing: type[StorageError] | None = None):
+        self.key = key
+        self.missing = missing
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, StorageError) or not isinstance(exc, OSError):
+            return False
+        if self.missing and isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            raise self.missing(f"no such object: {self.key}") from exc
+        if isinstance(exc, PermissionError):
+            raise StorageAccessDenied(f"permission denied on {self.key!r}: {exc}") from exc
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InvalidObjectKey(f"object key has a segment too long for this filesystem: {self.key!r}") from exc
+        raise StorageError(f"local storage failed on {self.key!r}: {exc}") from exc
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
