@@ -1,0 +1,69 @@
+"""Chainlit's documented schema.
+
+On PostgreSQL this is the DDL Chainlit documents, verbatim in meaning (UUID ids, TEXT[]
+tags, TEXT timestamps), so that a fresh install travels the very same upgrade path
+(0002) that an existing Chainlit database does. MySQL cannot run that DDL (TEXT cannot be
+UNIQUE or a key there) and SQLite has no arrays, so those dialects get the same columns
+with the portable types of `datalayers.sql_schema`.
+
+An existing Chainlit database (tables present, no alembic_version) is stamped at this
+revision by `datalayers.migrations.upgrade` instead of running it.
+
+Revision ID: 0001
+"""
+
+from alembic import op
+
+from datalayers.sql_schema import TABLES
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+CHAINLIT_COLUMNS = {
+    "users": ["id", "identifier", "metadata", "createdAt"],
+    "threads": ["id", "createdAt", "name", "userId", "userIdentifier", "tags", "metadata"],
+    "steps": [
+        "id", "name", "type", "threadId", "parentId", "disableFeedback", "streaming",
+        "waitForAnswer", "isError", "metadata", "tags", "input", "output", "createdAt",
+        "start", "end", "generation", "showInput", "language", "indent",
+    ],
+    "elements": [
+        "id", "threadId", "type", "url", "chainlitKey", "name", "display", "objectKey",
+        "size", "page", "language", "forId", "mime",
+    ],
+    "feedbacks": ["id", "forId", "threadId", "value", "comment"],
+}
+
+POSTGRES_DDL = [
+    'CREATE TABLE IF NOT EXISTS users ("id" UUID PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE, '
+    '"metadata" JSONB NOT NULL, "createdAt" TEXT)',
+    'CREATE TABLE IF NOT EXISTS threads ("id" UUID PRIMARY KEY, "createdAt" TEXT, "name" TEXT, '
+    '"userId" UUID, "userIdentifier" TEXT, "tags" TEXT[], "metadata" JSONB, '
+    'FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)',
+    'CREATE TABLE IF NOT EXISTS steps ("id" UUID PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL, '
+    '"threadId" UUID NOT NULL, "parentId" UUID, "disableFeedback" BOOLEAN NOT NULL DEFAULT false, '
+    '"streaming" BOOLEAN NOT NULL, "waitForAnswer" BOOLEAN, "isError" BOOLEAN, "metadata" JSONB, '
+    '"tags" TEXT[], "input" TEXT, "output" TEXT, "createdAt" TEXT, "start" TEXT, "end" TEXT, '
+    '"generation" JSONB, "showInput" TEXT, "language" TEXT, "indent" INT)',
+    'CREATE TABLE IF NOT EXISTS elements ("id" UUID PRIMARY KEY, "threadId" UUID, "type" TEXT, "url" TEXT, '
+    '"chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT, "size" TEXT, '
+    '"page" INT, "language" TEXT, "forId" UUID, "mime" TEXT)',
+    'CREATE TABLE IF NOT EXISTS feedbacks ("id" UUID PRIMARY KEY, "forId" UUID NOT NULL, '
+    '"threadId" UUID NOT NULL, "value" INT NOT NULL, "comment" TEXT)',
+]
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for statement in POSTGRES_DDL:
+            op.execute(statement)
+        return
+    for table in TABLES:
+        wanted = CHAINLIT_COLUMNS[table.name]
+        op.create_table(table.name, *[table.c[name]._copy() for name in wanted])
+
+
+def downgrade() -> None:
+    raise NotImplementedError("this project never drops tables")

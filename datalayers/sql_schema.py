@@ -1,0 +1,132 @@
+"""The SQL schema, as SQLAlchemy Core tables: one definition for SQLite, PostgreSQL and MySQL.
+
+Table and column names are those of Chainlit's documented schema, so a Chainlit database
+is upgraded in place (see migrations/versions/0002). What we add and why:
+
+* ids are VARCHAR, not UUID: Chainlit's ids are strings, and a malformed id sent by a
+  client must give "not found", not a database type error (a 500).
+* timestamps are fixed-width UTC ISO-8601 strings (`2026-01-02T03:04:05.123456Z`): the same
+  text Chainlit's frontend parses, and they sort correctly as text on every dialect.
+* `threads.updatedAt` orders the sidebar by activity; `steps.extra` / `elements.extra`
+  keep keys that newer Chainlit releases send and this schema has no column for.
+* `tags` is JSON rather than PostgreSQL's TEXT[] so every dialect stores it the same way.
+* one index per access path (sidebar, thread load, element and feedback lookups).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql, postgresql
+
+ID = String(255)
+TIMESTAMP = String(32)
+SHORT = String(255)
+# MySQL's TEXT holds only 64 KB; a long LLM answer must not fail the insert.
+LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql")
+JSON_DOC = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("identifier", SHORT, nullable=False, unique=True),
+    Column("metadata", JSON_DOC, nullable=False),
+    Column("createdAt", TIMESTAMP),
+)
+
+threads = Table(
+    "threads",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("createdAt", TIMESTAMP),
+    Column("updatedAt", TIMESTAMP),
+    Column("name", LONG_TEXT),
+    Column("userId", ID, ForeignKey("users.id", ondelete="CASCADE")),
+    Column("userIdentifier", SHORT),
+    Column("tags", JSON_DOC),
+    Column("metadata", JSON_DOC),
+    # The sidebar: a user's threads, most recently active first, keyset-paged on (updatedAt, id).
+    Index("ix_threads_user_updated", "userId", "updatedAt", "id"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", LONG_TEXT, nullable=False),
+    Column("type", SHORT, nullable=False),
+    Column("threadId", ID, nullable=False),
+    Column("parentId", ID),
+    Column("disableFeedback", Boolean, nullable=False, default=False),
+    Column("streaming", Boolean, nullable=False),
+    Column("waitForAnswer", Boolean),
+    Column("isError", Boolean),
+    Column("metadata", JSON_DOC),
+    Column("tags", JSON_DOC),
+    Column("input", LONG_TEXT),
+    Column("output", LONG_TEXT),
+    Column("createdAt", TIMESTAMP),
+    Column("start", TIMESTAMP),
+    Column("end", TIMESTAMP),
+    Column("generation", JSON_DOC),
+    Column("showInput", SHORT),
+    Column("language", SHORT),
+    Column("indent", Integer),
+    Column("command", SHORT),
+    Column("modes", JSON_DOC),
+    Column("defaultOpen", Boolean),
+    Column("autoCollapse", Boolean),
+    Column("extra", JSON_DOC),
+    # Loading a thread in order, and the search's EXISTS probe per thread.
+    Index("ix_steps_thread_created", "threadId", "createdAt"),
+)
+
+elements = Table(
+    "elements",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("threadId", ID),
+    Column("type", SHORT),
+    Column("url", LONG_TEXT),
+    Column("chainlitKey", SHORT),
+    Column("name", LONG_TEXT, nullable=False),
+    Column("display", SHORT),
+    Column("objectKey", LONG_TEXT),
+    Column("size", SHORT),
+    Column("page", Integer),
+    Column("language", SHORT),
+    Column("forId", ID),
+    Column("mime", SHORT),
+    Column("props", JSON_DOC),
+    Column("extra", JSON_DOC),
+    Index("ix_elements_thread", "threadId"),
+    Index("ix_elements_for", "forId"),
+)
+
+feedbacks = Table(
+    "feedbacks",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("forId", ID, nullable=False),
+    Column("threadId", ID, nullable=False),
+    Column("value", Integer, nullable=False),
+    Column("comment", LONG_TEXT),
+    Index("ix_feedbacks_for", "forId"),
+    # The sidebar's feedback filter probes (threadId, value).
+    Index("ix_feedbacks_thread_value", "threadId", "value"),
+)
+
+TABLES = (users, threads, steps, elements, feedbacks)

@@ -1,0 +1,212 @@
+"""Configuration from the environment (and an optional `.env`), and the factories that turn
+it into a data layer and a storage client.
+
+Backends are chosen by URL scheme (`DATABASE_URL`, `STORAGE_URL`), looked up in small
+registries (`datalayers.DATA_LAYER_SCHEMES`, `storage.STORAGE_SCHEMES`) that name a class by
+import path, so nothing optional is imported until it is used, and a missing SDK is reported
+with the pip extra that installs it (fsspec's pattern). A developer can instead point
+`DATA_LAYER_CLASS` / `STORAGE_CLASS` at their own `package.module:Class`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import importlib.util
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+PROJECT = "chainlit-persist"
+
+
+class ConfigurationError(ValueError):
+    """A setting is invalid (unknown scheme, malformed URL, bad class path)."""
+
+
+class MissingExtra(ImportError):
+    """A backend's optional dependency is not installed; the message names the extra."""
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password (and secret-looking query values) replaced by `***`."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = "&".join(
+        (kv.split("=", 1)[0] + "=***")
+        if any(s in kv.split("=", 1)[0].lower() for s in ("key", "secret", "password", "token", "sig"))
+        else kv
+        for kv in parts.query.split("&")
+        if kv
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_scheme(url: str) -> str:
+    scheme = urlsplit(url).scheme.lower()
+    if not scheme:
+        raise ConfigurationError(f"not a URL (no scheme): {redact_url(url)!r}")
+    return scheme
+
+
+def load_object(path: str) -> Any:
+    """Import `package.module:Name` and return the named attribute."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigurationError(f"expected 'package.module:Name', got {path!r}")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigurationError(f"{module_name!r} has no attribute {attr!r}") from None
+
+
+def resolve_backend(url: str, registry: Mapping[str, tuple], kind: str) -> type:
+    """The class registered for `url`'s scheme.
+
+    A registry value is `("module:Class", extra)` or `("module:Class", extra, modules)`,
+    where `modules` are driver modules that must be importable (SQLAlchemy imports its
+    drivers lazily, so a missing one would otherwise surface only on first query).
+    """
+    scheme = url_scheme(url)
+    entry = registry.get(scheme)
+    if entry is None:
+        known = ", ".join(sorted(registry))
+        raise ConfigurationError(f"unknown {kind} URL scheme {scheme!r}; known schemes: {known}")
+    target, extra, *rest = entry
+    hint = f"pip install '{PROJECT}[{extra}]'" if extra else f"pip install '{PROJECT}'"
+    for module in (rest[0] if rest else ()):
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra(f"{kind} scheme {scheme!r} needs the {module!r} package: {hint}")
+    try:
+        return load_object(target)
+    except ModuleNotFoundError as exc:
+        raise MissingExtra(f"{kind} scheme {scheme!r} needs {exc.name!r}: {hint}") from exc
+
+
+def _env_bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"expected a boolean, got {value!r}")
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _persistent_secret(data_dir: Path) -> str:
+    """A random secret kept in the data folder, so restarts keep sessions and signed URLs."""
+    path = data_dir / "auth_secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str = field(repr=False)
+    storage_url: str = field(repr=False)
+    auth_secret: str = field(repr=False)
+    url_expiry_seconds: int = 3600
+    auto_migrate: bool = True
+    data_layer_class: str | None = None
+    storage_class: str | None = None
+
+    def __repr__(self) -> str:  # never print passwords or secrets
+        return (
+            f"Settings(data_dir={str(self.data_dir)!r}, database_url={redact_url(self.database_url)!r}, "
+            f"storage_url={redact_url(self.storage_url)!r}, url_expiry_seconds={self.url_expiry_seconds}, "
+            f"auto_migrate={self.auto_migrate}, data_layer_class={self.data_layer_class!r}, "
+            f"storage_class={self.storage_class!r})"
+        )
+
+    @property
+    def storage_secret(self) -> bytes:
+        """Key for the local client's signed URLs, derived so it differs from the auth secret."""
+        return hmac.new(self.auth_secret.encode(), b"storage-url-signing", hashlib.sha256).digest()
+
+    def build_storage(self):
+        from storage import STORAGE_SCHEMES
+
+        cls = (
+            load_object(self.storage_class)
+            if self.storage_class
+            else resolve_backend(self.storage_url, STORAGE_SCHEMES, "storage")
+        )
+        return cls.from_url(self.storage_url, data_dir=self.data_dir, secret=self.storage_secret)
+
+    def build_data_layer(self, storage=None):
+        """The configured data layer, with the configured storage client unless given one."""
+        from datalayers import DATA_LAYER_SCHEMES
+
+        cls = (
+            load_object(self.data_layer_class)
+            if self.data_layer_class
+            else resolve_backend(self.database_url, DATA_LAYER_SCHEMES, "database")
+        )
+        return cls.from_url(
+            self.database_url,
+            storage=storage if storage is not None else self.build_storage(),
+            auto_migrate=self.auto_migrate,
+        )
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, export_secret: bool = True) -> Settings:
+    """Read the settings. With `env=None` the process environment (plus `.env`) is used.
+
+    `export_secret` puts a generated `CHAINLIT_AUTH_SECRET` into os.environ, because
+    Chainlit refuses to start login without one and we want the run command to work on a
+    fresh machine without hand-editing.
+    """
+    if env is None:
+        if dotenv:
+            from dotenv import load_dotenv
+
+            load_dotenv(override=False)
+        env = os.environ
+    data_dir = Path(env.get("APP_DATA_DIR") or ".data").expanduser().resolve()
+    database_url = env.get("DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir / 'chainlit.db'}"
+    storage_url = env.get("STORAGE_URL") or (data_dir / "files").as_uri()
+    auth_secret = env.get("CHAINLIT_AUTH_SECRET") or _persistent_secret(data_dir)
+    if export_secret and env is os.environ and not os.environ.get("CHAINLIT_AUTH_SECRET"):
+        os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        storage_url=storage_url,
+        auth_secret=auth_secret,
+        url_expiry_seconds=_env_int(env, "STORAGE_URL_EXPIRY_SECONDS", 3600),
+        auto_migrate=_env_bool(env.get("DATABASE_AUTO_MIGRATE"), True),
+        data_layer_class=env.get("DATA_LAYER_CLASS") or None,
+        storage_class=env.get("STORAGE_CLASS") or None,
+    )
