@@ -272,14 +272,14 @@ class LocalStorage(BlobStorage):
         """Serve signed downloads at `{base_url}/{key}` on a Starlette/FastAPI app.
 
         Inserted at the front of the route table: Chainlit registers a catch-all
-        `/{full_path:path}` for its single-page app that would otherwise answer first."""
+        `/{full_path:path}` for its single-page app that would otherwise answer first.
+        Mounting again (a reconfigured storage) replaces the earlier route of that path."""
         from starlette.routing import Route
 
         name = f"blob-download:{self.route_path}"
-        if any(getattr(route, "name", None) == name for route in app.router.routes):
-            return
-        route = Route(self.route_path, self._serve, methods=["GET", "HEAD"], name=name)
-        app.router.routes.insert(0, route)
+        routes = app.router.routes
+        routes[:] = [route for route in routes if getattr(route, "name", None) != name]
+        routes.insert(0, Route(self.route_path, self._serve, methods=["GET", "HEAD"], name=name))
 
     async def _serve(self, request):
         from starlette.responses import FileResponse, PlainTextResponse

@@ -1,0 +1,102 @@
+"""Servers the storage tests talk to over real HTTP on loopback ports.
+
+- `blob_http_app`: a Starlette app served by uvicorn, with a catch-all route like
+  Chainlit's SPA fallback, onto which LocalStorage mounts its download route.
+- `moto_s3`: moto's ThreadedMotoServer (S3 API), with fake credentials in the environment.
+- `adls_fake`: tests/servers/adls_fake.py, the slice of the ADLS Gen2 DFS API the Azure SDK
+  calls.
+
+In CI (`CI=true`) a missing SDK is an error, never a skip: these servers are all local, so
+the tests can always run there.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import httpx
+import pytest
+
+from tests.servers.adls_fake import FakeAdlsServer, ServerThread
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(module: str):
+    """Import an optional SDK; skip without it locally, fail without it in CI."""
+    if in_ci():
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+async def http_fetch(url: str) -> tuple[int, bytes]:
+    """GET `url` the way a browser would: plain HTTP, no credentials, no redirects."""
+    async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
+        response = await client.get(url)
+        return response.status_code, response.content
+
+
+async def http_fetch_response(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
+        return await client.get(url)
+
+
+@pytest.fixture(scope="session")
+def blob_http_app():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def spa_fallback(request):
+        # Stands in for Chainlit's `/{full_path:path}` route: if the download route were
+        # appended after it instead of inserted first, every blob URL would get this page.
+        return PlainTextResponse("<html>chainlit spa</html>", status_code=200)
+
+    app = Starlette(routes=[Route("/{full_path:path}", spa_fallback)])
+    server = ServerThread(app).start()
+    app.state.base_url = server.base_url
+    try:
+        yield app
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """Endpoint URL of a moto S3 server, with fake AWS credentials in the environment."""
+    require("aioboto3")
+    moto_server = require("moto.server")
+    fake_env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # Keep a developer's real profile and config out of the tests.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in fake_env.items():
+            patch.setenv(name, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def adls_fake():
+    """A running fake ADLS Gen2 endpoint: (.account_url, .account_name, .account_key)."""
+    require("azure.storage.filedatalake.aio")
+    server = FakeAdlsServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
