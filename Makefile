@@ -33,4 +33,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.sidebar
 
 ddl: setup
-	$(BIN)/python -m datalayers.sql_ddl --write
+	$(BIN)/python -m datalayers.sql_schema --write

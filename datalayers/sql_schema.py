@@ -54,7 +54,7 @@ threads = Table(
     Column("createdAt", TIMESTAMP),
     Column("updatedAt", TIMESTAMP),
     Column("name", LONG_TEXT),
-    Column("userId", ID, ForeignKey("users.id", ondelete="CASCADE")),
+    Column("userId", ID, ForeignKey("users.id", ondelete="CASCADE", name="threads_userId_fkey")),
     Column("userIdentifier", SHORT),
     Column("tags", JSON_DOC),
     Column("metadata", JSON_DOC),
@@ -130,3 +130,40 @@ feedbacks = Table(
 )
 
 TABLES = (users, threads, steps, elements, feedbacks)
+
+
+DIALECTS = ("sqlite", "postgresql", "mysql")
+
+
+def ddl(dialect_name: str) -> str:
+    """The CREATE statements of this schema for one dialect (what sql/<dialect>.sql holds)."""
+    from importlib import import_module
+
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialect = import_module(f"sqlalchemy.dialects.{dialect_name}").dialect()
+    statements = []
+    for table in TABLES:
+        statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+        for index in sorted(table.indexes, key=lambda i: i.name):
+            statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
+    header = (
+        f"-- Schema of chainlit-persist for {dialect_name}, generated from datalayers/sql_schema.py\n"
+        "-- by `make ddl`. The Alembic migrations produce exactly this (tests/datalayers/test_migrations.py).\n"
+        "-- Prefer `python -m datalayers.migrations upgrade`: it also records the revision.\n\n"
+    )
+    return header + ";\n\n".join(statements) + ";\n"
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    out = Path(__file__).resolve().parents[1] / "sql"
+    if "--write" in sys.argv:
+        out.mkdir(exist_ok=True)
+        for name in DIALECTS:
+            (out / f"{name}.sql").write_text(ddl(name))
+            print(f"wrote {out / (name + '.sql')}")
+    else:
+        print(ddl(sys.argv[1] if len(sys.argv) > 1 else "postgresql"))

@@ -9,6 +9,7 @@ Each test session creates throwaway databases on those servers and drops them at
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import socket
 import sys
@@ -61,6 +62,13 @@ async def _admin(url: str, statement: str) -> None:
         await engine.dispose()
 
 
+def run_sync(coroutine):
+    """Run a coroutine to completion from sync code, even inside a running event loop
+    (fixtures that create databases are called from async tests)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 class ThrowawayDatabases:
     """Creates uniquely named databases on a server and drops them all at the end."""
 
@@ -70,14 +78,14 @@ class ThrowawayDatabases:
 
     def create(self) -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"
-        asyncio.run(_admin(self.admin_url, f"CREATE DATABASE {name}"))
+        run_sync(_admin(self.admin_url, f"CREATE DATABASE {name}"))
         self.created.append(name)
         return _with_database(self.admin_url, name)
 
     def drop_all(self) -> None:
         drop = "DROP DATABASE IF EXISTS {} WITH (FORCE)" if "postgres" in self.admin_url else "DROP DATABASE IF EXISTS {}"
         for name in self.created:
-            asyncio.run(_admin(self.admin_url, drop.format(name)))
+            run_sync(_admin(self.admin_url, drop.format(name)))
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +127,7 @@ def sql_url_factory(request, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def chainlit_context():
+async def chainlit_context():
     """An HTTP-style Chainlit context, which the data-layer write methods need
     (`@queue_until_user_message` reads `context.session`)."""
     from chainlit.context import ChainlitContext, context_var

@@ -12,6 +12,7 @@ revision by `datalayers.migrations.upgrade` instead of running it.
 Revision ID: 0001
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 from datalayers.sql_schema import TABLES
@@ -62,7 +63,12 @@ def upgrade() -> None:
         return
     for table in TABLES:
         wanted = CHAINLIT_COLUMNS[table.name]
-        op.create_table(table.name, *[table.c[name]._copy() for name in wanted])
+        constraints = [
+            sa.ForeignKeyConstraint(["userId"], ["users.id"], name="threads_userId_fkey", ondelete="CASCADE")
+        ] if table.name == "threads" else []
+        columns = [sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
+                             unique=c.unique, server_default=c.server_default) for c in (table.c[n] for n in wanted)]
+        op.create_table(table.name, *columns, *constraints)
 
 
 def downgrade() -> None:

@@ -37,9 +37,9 @@ def _convert_postgres_types(bind, inspector) -> None:
             current = reflected.get(column.name)
             if current is None:
                 continue
-            target = column.type.dialect_impl(bind.dialect)
+            target = column.type
             current_sql = current.compile(dialect=bind.dialect)
-            target_sql = target.compile(dialect=bind.dialect)
+            target_sql = target.compile(dialect=bind.dialect)  # honours with_variant()
             if current_sql == target_sql:
                 continue
             if isinstance(current, sa.ARRAY):

@@ -1,0 +1,94 @@
+-- Schema of chainlit-persist for sqlite, generated from datalayers/sql_schema.py
+-- by `make ddl`. The Alembic migrations produce exactly this (tests/datalayers/test_migrations.py).
+-- Prefer `python -m datalayers.migrations upgrade`: it also records the revision.
+
+CREATE TABLE users (
+	id VARCHAR(255) NOT NULL, 
+	identifier VARCHAR(255) NOT NULL, 
+	metadata JSON NOT NULL, 
+	"createdAt" VARCHAR(32), 
+	PRIMARY KEY (id), 
+	UNIQUE (identifier)
+);
+
+CREATE TABLE threads (
+	id VARCHAR(255) NOT NULL, 
+	"createdAt" VARCHAR(32), 
+	"updatedAt" VARCHAR(32), 
+	name TEXT, 
+	"userId" VARCHAR(255), 
+	"userIdentifier" VARCHAR(255), 
+	tags JSON, 
+	metadata JSON, 
+	PRIMARY KEY (id), 
+	CONSTRAINT "threads_userId_fkey" FOREIGN KEY("userId") REFERENCES users (id) ON DELETE CASCADE
+);
+
+CREATE INDEX ix_threads_user_updated ON threads ("userId", "updatedAt", id);
+
+CREATE TABLE steps (
+	id VARCHAR(255) NOT NULL, 
+	name TEXT NOT NULL, 
+	type VARCHAR(255) NOT NULL, 
+	"threadId" VARCHAR(255) NOT NULL, 
+	"parentId" VARCHAR(255), 
+	"disableFeedback" BOOLEAN NOT NULL, 
+	streaming BOOLEAN NOT NULL, 
+	"waitForAnswer" BOOLEAN, 
+	"isError" BOOLEAN, 
+	metadata JSON, 
+	tags JSON, 
+	input TEXT, 
+	output TEXT, 
+	"createdAt" VARCHAR(32), 
+	start VARCHAR(32), 
+	"end" VARCHAR(32), 
+	generation JSON, 
+	"showInput" VARCHAR(255), 
+	language VARCHAR(255), 
+	indent INTEGER, 
+	command VARCHAR(255), 
+	modes JSON, 
+	"defaultOpen" BOOLEAN, 
+	"autoCollapse" BOOLEAN, 
+	extra JSON, 
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_steps_thread_created ON steps ("threadId", "createdAt");
+
+CREATE TABLE elements (
+	id VARCHAR(255) NOT NULL, 
+	"threadId" VARCHAR(255), 
+	type VARCHAR(255), 
+	url TEXT, 
+	"chainlitKey" VARCHAR(255), 
+	name TEXT NOT NULL, 
+	display VARCHAR(255), 
+	"objectKey" TEXT, 
+	size VARCHAR(255), 
+	page INTEGER, 
+	language VARCHAR(255), 
+	"forId" VARCHAR(255), 
+	mime VARCHAR(255), 
+	props JSON, 
+	extra JSON, 
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_elements_for ON elements ("forId");
+
+CREATE INDEX ix_elements_thread ON elements ("threadId");
+
+CREATE TABLE feedbacks (
+	id VARCHAR(255) NOT NULL, 
+	"forId" VARCHAR(255) NOT NULL, 
+	"threadId" VARCHAR(255) NOT NULL, 
+	value INTEGER NOT NULL, 
+	comment TEXT, 
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_feedbacks_for ON feedbacks ("forId");
+
+CREATE INDEX ix_feedbacks_thread_value ON feedbacks ("threadId", value);
