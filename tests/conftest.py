@@ -137,3 +137,33 @@ async def chainlit_context():
     token = context_var.set(ChainlitContext(session))
     yield session
     context_var.reset(token)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """Endpoint URL of one moto server (S3, DynamoDB, ...) over real HTTP on loopback, with
+    fake AWS credentials in the environment for the whole session."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        unavailable("moto[server] is not installed (pip install -e '.[dev]')")
+    fake_env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # Keep a developer's real profile and config out of the tests.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in fake_env.items():
+            patch.setenv(name, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield f"http://{host}:{port}"
+        finally:
+            server.stop()
