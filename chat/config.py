@@ -1,0 +1,140 @@
+"""The chat settings an operator sets in the environment (or `.env`).
+
+Everything here is plain Python: reading the configuration imports no LLM SDK, so the app
+starts (with the offline provider) even when the `llm` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+PROVIDERS = ("openai", "langchain", "offline")
+DEFAULT_PROMPTS_FILE = Path(__file__).with_name("prompts.toml")
+
+
+class ChatConfigError(ValueError):
+    """An LLM setting in the environment is invalid."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ChatConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ChatConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ChatConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """Operator-level defaults; users override model/temperature/... per thread."""
+
+    provider: str = "offline"
+    model: str = "gpt-4o-mini"
+    models: tuple[str, ...] = ()
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 0  # <= 0: no limit
+    history_length: int = 20
+    context_tokens: int = 8192
+    timeout_seconds: float = 60.0
+    max_retries: int = 2
+    generate_titles: bool = True
+    prompts_file: Path = DEFAULT_PROMPTS_FILE
+    default_prompt: str = ""
+    max_file_chars: int = 20000
+
+    @property
+    def offline(self) -> bool:
+        return self.provider == "offline"
+
+    @property
+    def model_choices(self) -> list[str]:
+        """The models offered in the settings panel, the default one first."""
+        choices = [self.model]
+        choices.extend(m for m in self.models if m not in choices)
+        return choices
+
+
+def load_chat_config(env: Mapping[str, str] | None = None) -> ChatConfig:
+    """Read `LLM_*`, `OPENAI_*` and `CHAT_*` variables.
+
+    `LLM_PROVIDER` empty means automatic: `openai` when `OPENAI_API_KEY` or
+    `OPENAI_BASE_URL` is set, otherwise the offline provider.
+    """
+    env = os.environ if env is None else env
+    api_key = (env.get("OPENAI_API_KEY") or "").strip() or None
+    base_url = (env.get("OPENAI_BASE_URL") or "").strip() or None
+    provider = (env.get("LLM_PROVIDER") or "").strip().lower()
+    if not provider:
+        provider = "openai" if (api_key or base_url) else "offline"
+    if provider not in PROVIDERS:
+        raise ChatConfigError(f"LLM_PROVIDER must be one of {', '.join(PROVIDERS)}; got {provider!r}")
+
+    model = (env.get("LLM_MODEL") or "").strip() or ("offline-echo" if provider == "offline" else "gpt-4o-mini")
+    models = tuple(m.strip() for m in (env.get("LLM_MODELS") or "").split(",") if m.strip())
+
+    temperature = _float(env, "LLM_TEMPERATURE", 0.7)
+    if not 0.0 <= temperature <= 2.0:
+        raise ChatConfigError(f"LLM_TEMPERATURE must be between 0 and 2, got {temperature}")
+    history_length = _int(env, "LLM_HISTORY_LENGTH", 20)
+    if history_length < 0:
+        raise ChatConfigError("LLM_HISTORY_LENGTH must be 0 or more")
+    context_tokens = _int(env, "LLM_CONTEXT_TOKENS", 8192)
+    if context_tokens < 256:
+        raise ChatConfigError("LLM_CONTEXT_TOKENS must be at least 256")
+    timeout = _float(env, "LLM_TIMEOUT_SECONDS", 60.0)
+    if timeout <= 0:
+        raise ChatConfigError("LLM_TIMEOUT_SECONDS must be positive")
+    max_retries = _int(env, "LLM_MAX_RETRIES", 2)
+    if max_retries < 0:
+        raise ChatConfigError("LLM_MAX_RETRIES must be 0 or more")
+    max_file_chars = _int(env, "CHAT_MAX_FILE_CHARS", 20000)
+    if max_file_chars < 0:
+        raise ChatConfigError("CHAT_MAX_FILE_CHARS must be 0 or more")
+
+    prompts_file = Path((env.get("CHAT_PROMPTS_FILE") or "").strip() or DEFAULT_PROMPTS_FILE).expanduser()
+
+    return ChatConfig(
+        provider=provider,
+        model=model,
+        models=models,
+        api_key=api_key,
+        base_url=base_url,
+        temperature=temperature,
+        max_tokens=_int(env, "LLM_MAX_TOKENS", 0),
+        history_length=history_length,
+        context_tokens=context_tokens,
+        timeout_seconds=timeout,
+        max_retries=max_retries,
+        generate_titles=_bool(env, "LLM_GENERATE_TITLES", True),
+        prompts_file=prompts_file,
+        default_prompt=(env.get("CHAT_DEFAULT_PROMPT") or "").strip(),
+        max_file_chars=max_file_chars,
+    )

@@ -1,0 +1,114 @@
+"""What the model sees: earlier turns rebuilt from a stored thread, cut to fit.
+
+Only the last N messages (the thread's history-length setting) are candidates, and of
+those only the newest that fit the model's context window after the system prompt, the
+new message and the room kept for the answer. Token counts are estimated locally (no
+tokenizer download): about four ASCII characters per token, one token per other
+character, which overestimates English a little and is close for CJK text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal, Mapping, Sequence
+
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message, as OpenAI counts them
+DEFAULT_ANSWER_RESERVE = 1024
+TRUNCATION_NOTE = "\n[... truncated to fit the model's context ...]"
+
+
+def estimate_tokens(text: str) -> int:
+    if not text:
+        return 0
+    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    return (ascii_chars + 3) // 4 + (len(text) - ascii_chars)
+
+
+def truncate_to_tokens(text: str, tokens: int) -> str:
+    """The longest prefix of `text` whose estimate fits in `tokens` (with a note if cut)."""
+    if estimate_tokens(text) <= tokens:
+        return text
+    room = tokens - estimate_tokens(TRUNCATION_NOTE)
+    if room <= 0:
+        return ""
+    cost = 0.0
+    cut = 0
+    for i, ch in enumerate(text):
+        cost += 0.25 if ord(ch) < 128 else 1.0
+        if cost > room:
+            break
+        cut = i + 1
+    return text[:cut] + TRUNCATION_NOTE
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Literal["user", "assistant"]
+    content: str
+    id: str | None = None
+
+    def as_message(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+def turns_from_steps(
+    steps: Iterable[Mapping], attachments: Mapping[str, Sequence[str]] | None = None
+) -> list[Turn]:
+    """User and assistant messages of a stored thread, in order.
+
+    Error steps and empty messages are left out (the model never produced them);
+    `attachments` maps a step id to text blocks (attached files) appended to that turn.
+    """
+    attachments = attachments or {}
+    turns: list[Turn] = []
+    for step in steps:
+        kind = step.get("type")
+        if kind not in ("user_message", "assistant_message") or step.get("isError"):
+            continue
+        content = step.get("output") or ""
+        extra = attachments.get(step.get("id") or "", ())
+        if extra:
+            content = "\n\n".join([content, *extra]) if content else "\n\n".join(extra)
+        if not content.strip():
+            continue
+        turns.append(Turn(role="user" if kind == "user_message" else "assistant", content=content, id=step.get("id")))
+    return turns
+
+
+def answer_reserve(context_tokens: int, max_tokens: int | None) -> int:
+    """Tokens kept free for the answer: the max-tokens setting, else a default share."""
+    if max_tokens and max_tokens > 0:
+        return min(max_tokens, context_tokens // 2)
+    return min(DEFAULT_ANSWER_RESERVE, context_tokens // 4)
+
+
+def build_messages(
+    system: str,
+    history: Sequence[Turn],
+    user_content: str,
+    *,
+    max_messages: int,
+    context_tokens: int,
+    max_tokens: int | None,
+) -> list[dict[str, str]]:
+    """System prompt + the newest history that fits + the new user message."""
+    budget = context_tokens - answer_reserve(context_tokens, max_tokens)
+    budget -= estimate_tokens(system) + MESSAGE_OVERHEAD_TOKENS
+    user_room = max(budget - MESSAGE_OVERHEAD_TOKENS, 0)
+    user_content = truncate_to_tokens(user_content, user_room)
+    budget -= estimate_tokens(user_content) + MESSAGE_OVERHEAD_TOKENS
+
+    candidates = list(history)[-max_messages:] if max_messages > 0 else []
+    kept: list[Turn] = []
+    for turn in reversed(candidates):
+        cost = estimate_tokens(turn.content) + MESSAGE_OVERHEAD_TOKENS
+        if cost > budget:
+            break
+        kept.append(turn)
+        budget -= cost
+    kept.reverse()
+
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.extend(t.as_message() for t in kept)
+    messages.append({"role": "user", "content": user_content})
+    return messages

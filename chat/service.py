@@ -1,0 +1,435 @@
+"""The conversation, as Chainlit callbacks call it; `app.py` only wires these methods up.
+
+One `ChatService` per process holds the configuration, the provider and the storage
+client. Per-session state (the turns the model remembers) lives in a `ChatState` kept in
+Chainlit's user session; it is deliberately not JSON-serialisable, so Chainlit's habit of
+copying the user session into the thread metadata does not store the history twice (the
+thread's steps are the history, and `resume` rebuilds the state from them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import chainlit as cl
+from chainlit.data import get_data_layer
+from chainlit.input_widget import NumberInput, Select, Slider
+from chainlit.logger import logger as chainlit_logger
+from literalai import ChatGeneration
+
+from .config import ChatConfig
+from .files import describe_attachment, is_text_like, read_path
+from .history import Turn, build_messages, turns_from_steps
+from .prompts import PromptBook, load_prompts_async
+from .providers import ChatRequest, LLMError, Provider, Stopwatch, Usage
+
+logger = chainlit_logger.getChild("Chat")
+
+STATE_KEY = "chat_state"
+MAX_TITLE_CHARS = 80
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    """The per-thread chat settings (Chainlit `ChatSettings` values), validated."""
+
+    model: str
+    temperature: float
+    max_tokens: int  # <= 0: no limit
+    history_length: int
+    prompt: str
+
+    @property
+    def max_tokens_or_none(self) -> int | None:
+        return self.max_tokens if self.max_tokens > 0 else None
+
+    @classmethod
+    def defaults(cls, config: ChatConfig, prompts: PromptBook) -> "ThreadSettings":
+        return cls(
+            model=config.model,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            history_length=config.history_length,
+            prompt=prompts.default,
+        )
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], config: ChatConfig, prompts: PromptBook) -> "ThreadSettings":
+        """Settings from the UI / stored thread metadata; bad or stale values use the default."""
+        base = cls.defaults(config, prompts)
+        model = values.get("model")
+        prompt = values.get("prompt")
+        return cls(
+            model=model if isinstance(model, str) and model in config.model_choices else base.model,
+            temperature=min(max(_number(values.get("temperature"), base.temperature), 0.0), 2.0),
+            max_tokens=int(_number(values.get("max_tokens"), base.max_tokens)),
+            history_length=max(int(_number(values.get("history_length"), base.history_length)), 0),
+            prompt=prompt if isinstance(prompt, str) and prompt in prompts.templates else base.prompt,
+        )
+
+    def as_values(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "history_length": self.history_length,
+            "prompt": self.prompt,
+        }
+
+
+def _number(value: Any, default: float) -> float:
+    if isinstance(value, bool) or value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+class ChatState:
+    """What the model remembers in this session. Not JSON-serialisable on purpose."""
+
+    __slots__ = ("prompts", "turns", "titled")
+
+    def __init__(self, prompts: PromptBook, turns: list[Turn] | None = None, titled: bool = False):
+        self.prompts = prompts
+        self.turns: list[Turn] = turns or []
+        self.titled = titled
+
+    def forget_from(self, message_id: str) -> None:
+        """Drop the turn with this id and everything after it (the user edited a message)."""
+        for i, turn in enumerate(self.turns):
+            if turn.id == message_id:
+                del self.turns[i:]
+                return
+
+
+class AssistantMessage(cl.Message):
+    """A `cl.Message` whose step dict carries Chainlit's `generation` field."""
+
+    generation: dict | None = None
+
+    def to_dict(self):
+        step = super().to_dict()
+        step["generation"] = self.generation
+        return step
+
+
+def clean_title(text: str) -> str:
+    title = text.strip().splitlines()[0] if text.strip() else ""
+    title = re.sub(r"^(title\s*:\s*)", "", title, flags=re.IGNORECASE)
+    title = title.strip().strip("\"'`*#").strip().rstrip(".!?:;,").strip()
+    return title[:MAX_TITLE_CHARS].rstrip()
+
+
+class ChatService:
+    def __init__(self, config: ChatConfig, provider: Provider, storage: Any = None):
+        self.config = config
+        self.provider = provider
+        self.storage = storage
+        self._background: set[asyncio.Task] = set()
+
+    # ---- helpers -------------------------------------------------------------------
+    @property
+    def author(self) -> str:
+        return "Assistant (offline)" if self.provider.offline else "Assistant"
+
+    async def _prompts(self) -> PromptBook:
+        return await load_prompts_async(self.config.prompts_file, self.config.default_prompt)
+
+    def _state(self) -> ChatState | None:
+        return cl.user_session.get(STATE_KEY)
+
+    async def _ensure_state(self) -> ChatState:
+        state = self._state()
+        if state is None:
+            state = ChatState(await self._prompts())
+            cl.user_session.set(STATE_KEY, state)
+        return state
+
+    def settings_widgets(self, prompts: PromptBook, current: ThreadSettings) -> cl.ChatSettings:
+        offline = " (offline: no LLM configured)" if self.provider.offline else ""
+        return cl.ChatSettings(
+            [
+                Select(
+                    id="model",
+                    label=f"Model{offline}",
+                    values=self.config.model_choices,
+                    initial_value=current.model,
+                    description=f"Provider: {self.provider.label}",
+                ),
+                Slider(
+                    id="temperature",
+                    label="Temperature",
+                    initial=current.temperature,
+                    min=0,
+                    max=2,
+                    step=0.1,
+                    description="Higher values give more varied answers.",
+                ),
+                NumberInput(
+                    id="max_tokens",
+                    label="Max tokens per answer",
+                    initial=current.max_tokens,
+                    description="0 or less means no limit.",
+                ),
+                Slider(
+                    id="history_length",
+                    label="History length (messages)",
+                    initial=current.history_length,
+                    min=0,
+                    max=100,
+                    step=1,
+                    description="How many earlier messages the model sees (as far as its context allows).",
+                ),
+                Select(
+                    id="prompt",
+                    label="Prompt template",
+                    items={t.label: t.name for t in prompts.templates.values()},
+                    initial_value=current.prompt,
+                ),
+            ]
+        )
+
+    def _user_name(self) -> str:
+        user = cl.user_session.get("user")
+        if user is None:
+            return "the user"
+        return getattr(user, "display_name", None) or getattr(user, "identifier", None) or "the user"
+
+    # ---- Chainlit callbacks ------------------------------------------------------------
+    async def start(self) -> None:
+        prompts = await self._prompts()
+        cl.user_session.set(STATE_KEY, ChatState(prompts))
+        await self.settings_widgets(prompts, ThreadSettings.defaults(self.config, prompts)).send()
+
+    async def resume(self, thread: Mapping[str, Any]) -> None:
+        prompts = await self._prompts()
+        attachments = await self._stored_attachments(thread.get("elements") or [])
+        turns = turns_from_steps(thread.get("steps") or [], attachments)
+        cl.user_session.set(STATE_KEY, ChatState(prompts, turns, titled=True))
+        # Chainlit restored the thread's settings from its metadata before calling us.
+        current = ThreadSettings.from_values(cl.context.session.chat_settings or {}, self.config, prompts)
+        await self.settings_widgets(prompts, current).send()
+
+    async def settings_updated(self, values: Mapping[str, Any]) -> None:
+        state = await self._ensure_state()
+        current = ThreadSettings.from_values(values, self.config, state.prompts)
+        cl.context.session.chat_settings.update(current.as_values())
+        session = cl.context.session
+        data_layer = get_data_layer()
+        if data_layer and session.has_first_interaction and session.thread_id:
+            # Chainlit saves settings only on disconnect; save now so a crash keeps them.
+            await data_layer.update_thread(thread_id=session.thread_id, metadata={"chat_settings": current.as_values()})
+
+    async def on_message(self, message: cl.Message) -> AssistantMessage:
+        state = await self._ensure_state()
+        state.forget_from(message.id)
+        settings = ThreadSettings.from_values(cl.context.session.chat_settings or {}, self.config, state.prompts)
+        template = state.prompts.get(settings.prompt)
+
+        blocks = await self._message_attachments(message)
+        user_text = "\n\n".join([message.content, *blocks]) if blocks else message.content
+        user_name = self._user_name()
+        request = ChatRequest(
+            messages=build_messages(
+                template.render_system(user=user_name),
+                state.turns,
+                template.render_user(user_text, user=user_name),
+                max_messages=settings.history_length,
+                context_tokens=self.config.context_tokens,
+                max_tokens=settings.max_tokens_or_none,
+            ),
+            model=settings.model,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens_or_none,
+        )
+        state.turns.append(Turn(role="user", content=user_text, id=message.id))
+
+        answer = await self._answer(request, settings)
+        if not answer.is_error:
+            state.turns.append(Turn(role="assistant", content=answer.content, id=answer.id))
+            if not state.titled:
+                state.titled = True
+                if self.config.generate_titles and not self.provider.offline:
+                    thread_id = cl.context.session.thread_id
+                    self._spawn(self._title(thread_id, settings.model, message.content, answer.content, state))
+        return answer
+
+    # ---- the model call ----------------------------------------------------------------
+    async def _answer(self, request: ChatRequest, settings: ThreadSettings) -> AssistantMessage:
+        answer = AssistantMessage(content="", author=self.author)
+        watch = Stopwatch()
+        usage = Usage()
+        model = request.model
+        finish: str | None = None
+        try:
+            async for chunk in self.provider.stream(request):
+                if chunk.text:
+                    watch.mark_token()
+                    await answer.stream_token(chunk.text)
+                usage = chunk.usage or usage
+                model = chunk.model or model
+                finish = chunk.finish_reason or finish
+        except LLMError as err:
+            logger.warning("LLM call failed (%s, provider %s, model %s): %s", err.kind, err.provider, model, err.detail)
+            partial = answer.content
+            answer.is_error = True
+            answer.content = (
+                f"{partial}\n\n---\n**Error:** the answer was interrupted. {err.user_message}"
+                if partial
+                else f"**Error:** {err.user_message}"
+            )
+            answer.generation = self._generation(request, settings, model, usage, watch, partial, finish, err)
+            await answer.send()
+            return answer
+        except asyncio.CancelledError:
+            # The user pressed stop: keep what was streamed, marked as cancelled.
+            answer.generation = self._generation(request, settings, model, usage, watch, answer.content, "cancelled")
+            if answer.content:
+                await answer.send()
+            raise
+        if not answer.content:
+            answer.content = "(The model returned an empty answer.)"
+        answer.generation = self._generation(request, settings, model, usage, watch, answer.content, finish)
+        await answer.send()
+        return answer
+
+    def _generation(
+        self,
+        request: ChatRequest,
+        settings: ThreadSettings,
+        model: str,
+        usage: Usage,
+        watch: Stopwatch,
+        text: str,
+        finish: str | None,
+        error: LLMError | None = None,
+    ) -> dict:
+        """Chainlit's `generation` dict (literalai `ChatGeneration`) for the assistant step.
+
+        `duration` is in seconds and `ttFirstToken` in milliseconds (literalai's units). The
+        prompt messages are not copied into every step (they are the thread itself); their
+        count is in `metadata.messageCount`.
+        """
+        duration = watch.elapsed
+        status = "error" if error else ("cancelled" if finish == "cancelled" else "success")
+        metadata: dict[str, Any] = {
+            "status": status,
+            "latencyMs": round(duration * 1000, 1),
+            "finishReason": finish,
+            "messageCount": len(request.messages),
+            "usageEstimated": usage.estimated,
+            "providerLabel": self.provider.label,
+        }
+        if error:
+            metadata.update({"errorKind": error.kind, "httpStatus": error.status})
+        throughput = None
+        if usage.completion_tokens and duration > 0:
+            throughput = usage.completion_tokens / duration
+        return ChatGeneration(
+            provider=self.provider.name,
+            model=model,
+            error=error.user_message if error else None,
+            settings={
+                "model": request.model,
+                "temperature": request.temperature,
+                "max_tokens": request.max_tokens,
+                "history_length": settings.history_length,
+                "prompt": settings.prompt,
+            },
+            metadata=metadata,
+            token_count=usage.total_tokens,
+            input_token_count=usage.prompt_tokens,
+            output_token_count=usage.completion_tokens,
+            tt_first_token=round(watch.first_token * 1000, 1) if watch.first_token is not None else None,
+            token_throughput_in_s=throughput,
+            duration=duration,
+            message_completion={"role": "assistant", "content": text},
+        ).to_dict()
+
+    # ---- titles ------------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background chat task failed", exc_info=task.exception())
+
+    async def _title(self, thread_id: str, model: str, question: str, answer: str, state: ChatState) -> str | None:
+        """Name the thread after its first exchange. On failure the first message stays the name."""
+        title_prompt = state.prompts.title
+        request = ChatRequest(
+            messages=[
+                {"role": "system", "content": title_prompt.render_system()},
+                {"role": "user", "content": title_prompt.render_user(question[:2000], answer=answer[:2000])},
+            ],
+            model=model,
+            temperature=0.2,
+            max_tokens=24,
+        )
+        try:
+            completion = await self.provider.complete(request)
+        except LLMError as err:
+            logger.warning("title generation failed for thread %s (%s); keeping the first message as its name", thread_id, err)
+            return None
+        title = clean_title(completion.text)
+        if not title:
+            logger.warning("title generation for thread %s returned no usable text; keeping the name", thread_id)
+            return None
+        data_layer = get_data_layer()
+        if data_layer is None:
+            return title
+        await data_layer.update_thread(thread_id=thread_id, name=title)
+        # The sidebar reloads its thread list on this event, so the new title shows at once.
+        await cl.context.emitter.emit("first_interaction", {"interaction": title, "thread_id": thread_id})
+        return title
+
+    async def wait_background(self) -> None:
+        """Wait for pending title tasks (tests and shutdown)."""
+        if self._background:
+            await asyncio.gather(*list(self._background))
+
+    # ---- attachments -------------------------------------------------------------------
+    async def _message_attachments(self, message: cl.Message) -> list[str]:
+        blocks = []
+        for element in message.elements or []:
+            data: bytes | None = None
+            path = getattr(element, "path", None)
+            content = getattr(element, "content", None)
+            if isinstance(content, (bytes, bytearray)):
+                data = bytes(content)
+            elif isinstance(content, str):
+                data = content.encode("utf-8")
+            elif path:
+                data = await read_path(path)
+            blocks.append(describe_attachment(element.name, element.mime, data, self.config.max_file_chars))
+        return blocks
+
+    async def _stored_attachments(self, elements: list[Mapping[str, Any]]) -> dict[str, list[str]]:
+        """Text blocks of a stored thread's files, per message id, read from the storage."""
+        by_step: dict[str, list[str]] = {}
+        for element in elements:
+            for_id = element.get("forId")
+            if not for_id:
+                continue
+            name = element.get("name") or "file"
+            mime = element.get("mime")
+            key = element.get("objectKey")
+            data: bytes | None = None
+            if key and self.storage is not None and is_text_like(name, mime):
+                try:
+                    data = await self.storage.read_file(key)
+                except (FileNotFoundError, PermissionError, OSError) as exc:
+                    logger.warning("attachment %s of message %s could not be read: %s", name, for_id, exc)
+                    by_step.setdefault(for_id, []).append(f"[Attached file: {name}; it could not be read back.]")
+                    continue
+            by_step.setdefault(for_id, []).append(describe_attachment(name, mime, data, self.config.max_file_chars))
+        return by_step
+

@@ -1,0 +1,273 @@
+"""Password users defined by the operator, with scrypt hashes (never plain passwords).
+
+Users come from a TOML file (`APP_USERS_FILE`, default `<APP_DATA_DIR>/users.toml`) and/or
+the `APP_USERS` variable (`name:hash;name2:hash2`, for containers). Manage the file with
+
+    python -m chat.users add alice            # asks for the password twice
+    python -m chat.users hash                 # prints a hash for APP_USERS
+    python -m chat.users list | remove alice
+
+On a fresh machine with no user defined anywhere, `ensure_default_admin` creates `admin`
+with a random password (or `APP_ADMIN_PASSWORD` when set), prints it once and writes it
+to `<APP_DATA_DIR>/admin_password.txt` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+ADMIN_PASSWORD_FILE = "admin_password.txt"
+
+
+class UserConfigError(ValueError):
+    """The users file or APP_USERS is malformed."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    """`scrypt$N$r$p$salt$hash`: self-describing, so the cost can be raised later."""
+    if not password:
+        raise ValueError("password must not be empty")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = _unb64(digest)
+        actual = hashlib.scrypt(
+            password.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+# A hash nobody knows the password of, checked for unknown users so a login takes the same
+# time whether or not the user exists.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    name: str
+    password_hash: str = field(repr=False)
+    display_name: str | None = None
+    role: str = "user"
+
+
+def _check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UserConfigError(f"invalid user name {name!r}: letters, digits and . _ @ + - (max 64)")
+    return name
+
+
+def parse_users_toml(text: str, source: str) -> dict[str, UserRecord]:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserConfigError(f"{source}: {exc}") from exc
+    users = {}
+    for name, entry in (data.get("users") or {}).items():
+        _check_name(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("password"), str):
+            raise UserConfigError(f"{source}: users.{name}.password (a hash) is required")
+        if not entry["password"].startswith("scrypt$"):
+            raise UserConfigError(
+                f"{source}: users.{name}.password must be a hash from `python -m chat.users hash`, not a plain password"
+            )
+        users[name] = UserRecord(
+            name=name,
+            password_hash=entry["password"],
+            display_name=entry.get("display_name"),
+            role=entry.get("role", "user"),
+        )
+    return users
+
+
+def parse_users_env(value: str) -> dict[str, UserRecord]:
+    users = {}
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        name, sep, encoded = item.partition(":")
+        if not sep or not encoded.startswith("scrypt$"):
+            raise UserConfigError("APP_USERS must look like 'name:scrypt$...;name2:scrypt$...'")
+        users[_check_name(name.strip())] = UserRecord(name=name.strip(), password_hash=encoded.strip())
+    return users
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def render_users_toml(users: Mapping[str, UserRecord]) -> str:
+    lines = [
+        "# Password users of the chat app. Passwords are scrypt hashes: manage this file with",
+        "#   python -m chat.users add NAME | remove NAME | list",
+        "",
+    ]
+    for user in users.values():
+        lines.append(f"[users.{_toml_string(user.name)}]")
+        lines.append(f"password = {_toml_string(user.password_hash)}")
+        if user.display_name:
+            lines.append(f"display_name = {_toml_string(user.display_name)}")
+        lines.append(f"role = {_toml_string(user.role)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically with mode 0600 (hashes and passwords are secrets)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+class UserStore:
+    def __init__(self, users_file: Path, env_users: str = ""):
+        self.users_file = users_file
+        self.env_users = env_users
+
+    @classmethod
+    def from_env(cls, data_dir: Path, env: Mapping[str, str] | None = None) -> "UserStore":
+        env = os.environ if env is None else env
+        users_file = Path(env.get("APP_USERS_FILE") or data_dir / "users.toml").expanduser()
+        return cls(users_file, env.get("APP_USERS") or "")
+
+    def load_file(self) -> dict[str, UserRecord]:
+        try:
+            text = self.users_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        return parse_users_toml(text, str(self.users_file))
+
+    def load(self) -> dict[str, UserRecord]:
+        users = self.load_file()
+        users.update(parse_users_env(self.env_users))  # the environment wins
+        return users
+
+    def save_file(self, users: Mapping[str, UserRecord]) -> None:
+        _write_private(self.users_file, render_users_toml(users))
+
+    def add(self, name: str, password: str, display_name: str | None = None, role: str = "user") -> UserRecord:
+        users = self.load_file()
+        record = UserRecord(_check_name(name), hash_password(password), display_name, role)
+        users[name] = record
+        self.save_file(users)
+        return record
+
+    def remove(self, name: str) -> bool:
+        users = self.load_file()
+        if users.pop(name, None) is None:
+            return False
+        self.save_file(users)
+        return True
+
+    def authenticate(self, name: str, password: str) -> UserRecord | None:
+        """The user if the password matches. Blocking (scrypt): call via `authenticate_async`."""
+        user = self.load().get(name)
+        if user is None:
+            verify_password(password, _DUMMY_HASH)
+            return None
+        return user if verify_password(password, user.password_hash) else None
+
+    async def authenticate_async(self, name: str, password: str) -> UserRecord | None:
+        return await asyncio.to_thread(self.authenticate, name, password)
+
+    def ensure_default_admin(self, data_dir: Path, admin_password: str = "", out=None) -> str | None:
+        """Create `admin` when no user is defined at all; return the password if created."""
+        if self.load() or self.users_file.exists():
+            return None
+        password = admin_password or secrets.token_urlsafe(12)
+        self.add("admin", password, display_name="Administrator", role="admin")
+        note = data_dir / ADMIN_PASSWORD_FILE
+        _write_private(note, f"user: admin\npassword: {password}\n")
+        if not admin_password:
+            print(
+                f"\n  Created the first user 'admin' with password: {password}\n"
+                f"  (also written to {note}; change it with `python -m chat.users add admin`)\n",
+                file=out or sys.stderr,
+                flush=True,
+            )
+        return password
+
+
+def _read_new_password(args) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            raise SystemExit("passwords differ")
+    if len(password) < 8:
+        raise SystemExit("password must have at least 8 characters")
+    return password
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chat.users", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="add a user or change their password")
+    add.add_argument("name")
+    add.add_argument("--display-name")
+    add.add_argument("--role", default="user")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    rm = sub.add_parser("remove", help="remove a user")
+    rm.add_argument("name")
+    sub.add_parser("list", help="list users")
+    hsh = sub.add_parser("hash", help="print a password hash (for APP_USERS)")
+    hsh.add_argument("--password-stdin", action="store_true")
+    args = parser.parse_args(argv)
+
+    from settings import load_settings
+
+    store = UserStore.from_env(load_settings(export_secret=False).data_dir)
+    if args.command == "add":
+        store.add(args.name, _read_new_password(args), args.display_name, args.role)
+        print(f"saved user {args.name!r} in {store.users_file}")
+    elif args.command == "remove":
+        if not store.remove(args.name):
+            print(f"no user {args.name!r} in {store.users_file}", file=sys.stderr)
+            return 1
+        print(f"removed user {args.name!r}")
+    elif args.command == "list":
+        for user in store.load().values():
+            print(f"{user.name}\t{user.role}\t{user.display_name or ''}")
+    else:
+        print(hash_password(_read_new_password(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
