@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -41,8 +42,10 @@ from .base import (
 _DELEGATION_KEY_LIFETIME = dt.timedelta(days=1)
 # SAS validity starts a little in the past: the storage service's clock may be behind ours.
 _CLOCK_SKEW = dt.timedelta(minutes=5)
-# Objects at most this big go in one append call; the SDK splits bigger ones itself.
-_MAX_SINGLE_UPLOAD = 64 * 1024 * 1024
+# Bytes per append request (the service accepts up to 100 MiB on every API version).
+_MAX_APPEND = 64 * 1024 * 1024
+# overwrite=True uploads that lost a race with another writer are retried this many times.
+_OVERWRITE_RETRIES = 3
 
 
 class AzureDataLakeStorage(BlobStorage):
@@ -74,12 +77,9 @@ class AzureDataLakeStorage(BlobStorage):
         elif isinstance(credential, str):
             self._account_key = credential
         self._service = DataLakeServiceClient(self.account_url, credential=credential)
-        if self._account_key is not None:
-            # Passing the key as a plain string lets the SDK work out the account name from
-            # the URL, including the `http://127.0.0.1:PORT/account` form of emulators.
-            self.account_name = self._service.account_name
-        else:
-            self.account_name = self._service.account_name
+        # The SDK works the account name out of the URL, including the emulator form
+        # `http://127.0.0.1:PORT/account`; a key given as a plain string relies on that too.
+        self.account_name = self._service.account_name
         self._fs = self._service.get_file_system_client(file_system)
         self._delegation_key = None
         self._delegation_key_expiry: dt.datetime | None = None
@@ -148,22 +148,41 @@ class AzureDataLakeStorage(BlobStorage):
             content_disposition=disposition or content_disposition("inline", key.rsplit("/", 1)[-1]),
         )
         self.logger.debug("upload %s/%s (%d bytes)", self.file_system, self._path(key), len(body))
-        try:
-            # overwrite=False makes the SDK create the path with `If-None-Match: *`: the
-            # service refuses (409) if it exists, atomically, so racing uploads have one winner.
-            await client.upload_data(
-                body,
-                length=len(body),
-                overwrite=overwrite,
-                content_settings=settings,
-                chunk_size=_MAX_SINGLE_UPLOAD,
-            )
-        except ResourceModifiedError as exc:
-            if not overwrite:
-                raise ObjectExists(f"object already exists: {key}") from exc
-            raise self._translate(exc, "upload", key) from exc
-        except AzureError as exc:
-            raise self._translate(exc, "upload", key) from exc
+        for attempt in range(_OVERWRITE_RETRIES):
+            try:
+                await self._create_append_flush(client, body, settings, overwrite)
+                return
+            except ResourceModifiedError as exc:
+                # Another writer re-created the path between our create and our flush.
+                if not overwrite:
+                    raise ObjectExists(f"object already exists: {key}") from exc
+                if attempt == _OVERWRITE_RETRIES - 1:
+                    raise self._translate(exc, "upload", key) from exc
+            except AzureError as exc:
+                raise self._translate(exc, "upload", key) from exc
+
+    async def _create_append_flush(self, client, body: bytes, settings: ContentSettings, overwrite: bool) -> None:
+        """Write a file the way the DFS API does it, step by step.
+
+        The SDK's `upload_data` is not used: it skips empty files entirely and, with
+        overwrite=False, appends to a path it never created (the service answers 404)."""
+        conditions: dict[str, Any] = {}
+        if not overwrite:
+            # `If-None-Match: *` on create: the service refuses (409) if the path exists,
+            # atomically, so racing uploads have exactly one winner.
+            conditions = {"match_condition": MatchConditions.IfMissing}
+        created = await client.create_file(content_settings=settings, **conditions)
+        for offset in range(0, len(body), _MAX_APPEND):
+            chunk = body[offset : offset + _MAX_APPEND]
+            await client.append_data(chunk, offset=offset, length=len(chunk))
+        # Commit only if the path is still the one we created (If-Match on its ETag): a
+        # concurrent re-create must not get our bytes flushed into it.
+        await client.flush_data(
+            len(body),
+            content_settings=settings,
+            etag=created["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
 
     async def _read(self, key):
         client = self._fs.get_file_client(self._path(key))

@@ -34,7 +34,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from urllib.parse import unquote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -175,7 +174,7 @@ class FakeAdls:
     # ---- paths -----------------------------------------------------------------------
     async def _path(self, request: Request) -> Response:
         fs = request.path_params["fs"]
-        path = unquote(request.path_params["path"])
+        path = request.path_params["path"]  # already percent-decoded by the server
         self.requests.append((request.method, f"/{fs}/{path}?{request.url.query}"))
         if request.path_params["account"] != self.account:
             return _error(404, "ResourceNotFound", "no such account")
