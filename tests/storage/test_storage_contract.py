@@ -24,7 +24,7 @@ from storage import BlobStorage
 from storage.local import LocalStorage
 from storage.memory import MemoryStorage
 from tests.contracts.storage import StorageContract
-from tests.storage.conftest import http_fetch, require
+from tests.storage.conftest import FAKE_AWS_SECRET, http_fetch, require, sigv4_presigned_url_is_valid
 
 Fetch = Callable[[str], Awaitable[tuple[int, bytes]]]
 
@@ -74,9 +74,15 @@ async def make_s3(request, tmp_path: Path) -> Backend:
     async with aioboto3.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1") as s3:
         await s3.create_bucket(Bucket=bucket)
     storage = S3Storage.from_url(f"s3://{bucket}?region=us-east-1&endpoint_url={endpoint}", data_dir=tmp_path, secret=b"")
-    # moto serves presigned URLs without checking their signature or expiry
-    # (design.md §5), so the tamper test cannot be asserted against it.
-    return Backend(storage, http_fetch, verifies_signatures=False)
+
+    async def fetch(url: str) -> tuple[int, bytes]:
+        # moto serves presigned URLs without checking them (design.md §5): check the
+        # signature here, as S3 would, before letting the request through to moto.
+        if not sigv4_presigned_url_is_valid(url, secret_key=FAKE_AWS_SECRET, region="us-east-1"):
+            return 403, b""
+        return await http_fetch(url)
+
+    return Backend(storage, fetch, verifies_signatures=True)
 
 
 async def make_azure(request, tmp_path: Path) -> Backend:
