@@ -132,6 +132,39 @@ feedbacks = Table(
 TABLES = (users, threads, steps, elements, feedbacks)
 
 
+# Chainlit's documented PostgreSQL DDL (seeds/002, shared/reference), as deployed databases
+# have it: migration 0001 runs it on PostgreSQL, the upgrade test and the benchmark seed it.
+CHAINLIT_POSTGRES_DDL = [
+    'CREATE TABLE IF NOT EXISTS users ("id" UUID PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE, '
+    '"metadata" JSONB NOT NULL, "createdAt" TEXT)',
+    'CREATE TABLE IF NOT EXISTS threads ("id" UUID PRIMARY KEY, "createdAt" TEXT, "name" TEXT, '
+    '"userId" UUID, "userIdentifier" TEXT, "tags" TEXT[], "metadata" JSONB, '
+    'FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)',
+    'CREATE TABLE IF NOT EXISTS steps ("id" UUID PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL, '
+    '"threadId" UUID NOT NULL, "parentId" UUID, "disableFeedback" BOOLEAN NOT NULL DEFAULT false, '
+    '"streaming" BOOLEAN NOT NULL, "waitForAnswer" BOOLEAN, "isError" BOOLEAN, "metadata" JSONB, '
+    '"tags" TEXT[], "input" TEXT, "output" TEXT, "createdAt" TEXT, "start" TEXT, "end" TEXT, '
+    '"generation" JSONB, "showInput" TEXT, "language" TEXT, "indent" INT)',
+    'CREATE TABLE IF NOT EXISTS elements ("id" UUID PRIMARY KEY, "threadId" UUID, "type" TEXT, "url" TEXT, '
+    '"chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT, "size" TEXT, '
+    '"page" INT, "language" TEXT, "forId" UUID, "mime" TEXT)',
+    'CREATE TABLE IF NOT EXISTS feedbacks ("id" UUID PRIMARY KEY, "forId" UUID NOT NULL, '
+    '"threadId" UUID NOT NULL, "value" INT NOT NULL, "comment" TEXT)',
+]
+
+
+# PostgreSQL-only trigram indexes for case-insensitive substring search (migration 0003).
+# Kept out of `metadata` because other dialects cannot build them. (Not partial on message
+# types: with bound parameters the planner cannot prove a partial predicate and scans.)
+POSTGRES_SEARCH_INDEXES = {
+    "ix_steps_output_trgm": (
+        'CREATE INDEX IF NOT EXISTS ix_steps_output_trgm ON steps USING gin (lower("output") gin_trgm_ops)'
+    ),
+    "ix_threads_name_trgm": (
+        'CREATE INDEX IF NOT EXISTS ix_threads_name_trgm ON threads USING gin (lower("name") gin_trgm_ops)'
+    ),
+}
+
 DIALECTS = ("sqlite", "postgresql", "mysql")
 
 
@@ -147,6 +180,9 @@ def ddl(dialect_name: str) -> str:
         statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
         for index in sorted(table.indexes, key=lambda i: i.name):
             statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
+    if dialect_name == "postgresql":
+        statements.append("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        statements.extend(POSTGRES_SEARCH_INDEXES.values())
     header = (
         f"-- Schema of chainlit-persist for {dialect_name}, generated from datalayers/sql_schema.py\n"
         "-- by `make ddl`. The Alembic migrations produce exactly this (tests/datalayers/test_migrations.py).\n"

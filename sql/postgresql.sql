@@ -92,3 +92,9 @@ CREATE TABLE feedbacks (
 CREATE INDEX ix_feedbacks_for ON feedbacks ("forId");
 
 CREATE INDEX ix_feedbacks_thread_value ON feedbacks ("threadId", value);
+
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+
+CREATE INDEX IF NOT EXISTS ix_steps_output_trgm ON steps USING gin (lower("output") gin_trgm_ops);
+
+CREATE INDEX IF NOT EXISTS ix_threads_name_trgm ON threads USING gin (lower("name") gin_trgm_ops);

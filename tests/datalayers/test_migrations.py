@@ -14,20 +14,12 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from datalayers import migrations
-from datalayers.sql_schema import DIALECTS, ddl, metadata
+from datalayers.sql_schema import CHAINLIT_POSTGRES_DDL, DIALECTS, POSTGRES_SEARCH_INDEXES, ddl, metadata
 from datalayers.sqlalchemy import SQLAlchemyDataLayer
 from storage.memory import MemoryStorage
 from tests.conftest import SQL_BACKENDS
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-# Chainlit's documented PostgreSQL DDL, as deployed databases have it (../shared/reference).
-CHAINLIT_DDL = """
-CREATE TABLE users ("id" UUID PRIMARY KEY,"identifier" TEXT NOT NULL UNIQUE,"metadata" JSONB NOT NULL,"createdAt" TEXT);
-CREATE TABLE IF NOT EXISTS threads ("id" UUID PRIMARY KEY,"createdAt" TEXT,"name" TEXT,"userId" UUID,"userIdentifier" TEXT,"tags" TEXT[],"metadata" JSONB,FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE);
-CREATE TABLE IF NOT EXISTS steps ("id" UUID PRIMARY KEY,"name" TEXT NOT NULL,"type" TEXT NOT NULL,"threadId" UUID NOT NULL,"parentId" UUID,"disableFeedback" BOOLEAN NOT NULL DEFAULT false,"streaming" BOOLEAN NOT NULL,"waitForAnswer" BOOLEAN,"isError" BOOLEAN,"metadata" JSONB,"tags" TEXT[],"input" TEXT,"output" TEXT,"createdAt" TEXT,"start" TEXT,"end" TEXT,"generation" JSONB,"showInput" TEXT,"language" TEXT,"indent" INT);
-CREATE TABLE IF NOT EXISTS elements ("id" UUID PRIMARY KEY,"threadId" UUID,"type" TEXT,"url" TEXT,"chainlitKey" TEXT,"name" TEXT NOT NULL,"display" TEXT,"objectKey" TEXT,"size" TEXT,"page" INT,"language" TEXT,"forId" UUID,"mime" TEXT);
-CREATE TABLE IF NOT EXISTS feedbacks ("id" UUID PRIMARY KEY,"forId" UUID NOT NULL,"threadId" UUID NOT NULL,"value" INT NOT NULL,"comment" TEXT);
-"""
 USER_ID = "11111111-1111-4111-8111-111111111111"
 THREAD_ID = "22222222-2222-4222-8222-222222222222"
 STEP_ID = "33333333-3333-4333-8333-333333333333"
@@ -36,7 +28,10 @@ FEEDBACK_ID = "55555555-5555-4555-8555-555555555555"
 
 
 def _diffs(connection):
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    def include_object(obj, name, type_, reflected, compare_to):
+        return not (type_ == "index" and name in POSTGRES_SEARCH_INDEXES)
+
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_object})
     return compare_metadata(context, metadata)
 
 
@@ -48,8 +43,12 @@ async def test_fresh_database_migrates_to_exactly_the_schema(backend, sql_url_fa
         await migrations.upgrade(engine)  # idempotent: a second run is a no-op
         async with engine.connect() as conn:
             assert await conn.run_sync(_diffs) == []
-            assert await conn.run_sync(migrations.current_revision_sync) == "0002"
+            assert await conn.run_sync(migrations.current_revision_sync) == "0003"
             names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+            if backend == "postgresql":
+                indexes = {i["name"] for t in ("steps", "threads") for i in await conn.run_sync(
+                    lambda c, t=t: inspect(c).get_indexes(t))}
+                assert set(POSTGRES_SEARCH_INDEXES) <= indexes
         assert {"users", "threads", "steps", "elements", "feedbacks"} <= names
     finally:
         await engine.dispose()
@@ -66,7 +65,7 @@ async def test_upgrade_of_a_chainlit_postgres_database_keeps_every_row(postgres_
     url = postgres_databases.create()
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        for statement in filter(str.strip, CHAINLIT_DDL.split(";")):
+        for statement in CHAINLIT_POSTGRES_DDL:
             await conn.execute(text(statement))
         await conn.execute(text('INSERT INTO users VALUES (:id, :identifier, CAST(:metadata AS JSONB), :created)'),
                            {"id": USER_ID, "identifier": "legacy@example.com", "metadata": json.dumps({"role": "admin"}),

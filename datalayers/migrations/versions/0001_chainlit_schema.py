@@ -15,7 +15,7 @@ Revision ID: 0001
 import sqlalchemy as sa
 from alembic import op
 
-from datalayers.sql_schema import TABLES
+from datalayers.sql_schema import CHAINLIT_POSTGRES_DDL, TABLES
 
 revision = "0001"
 down_revision = None
@@ -37,28 +37,11 @@ CHAINLIT_COLUMNS = {
     "feedbacks": ["id", "forId", "threadId", "value", "comment"],
 }
 
-POSTGRES_DDL = [
-    'CREATE TABLE IF NOT EXISTS users ("id" UUID PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE, '
-    '"metadata" JSONB NOT NULL, "createdAt" TEXT)',
-    'CREATE TABLE IF NOT EXISTS threads ("id" UUID PRIMARY KEY, "createdAt" TEXT, "name" TEXT, '
-    '"userId" UUID, "userIdentifier" TEXT, "tags" TEXT[], "metadata" JSONB, '
-    'FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)',
-    'CREATE TABLE IF NOT EXISTS steps ("id" UUID PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL, '
-    '"threadId" UUID NOT NULL, "parentId" UUID, "disableFeedback" BOOLEAN NOT NULL DEFAULT false, '
-    '"streaming" BOOLEAN NOT NULL, "waitForAnswer" BOOLEAN, "isError" BOOLEAN, "metadata" JSONB, '
-    '"tags" TEXT[], "input" TEXT, "output" TEXT, "createdAt" TEXT, "start" TEXT, "end" TEXT, '
-    '"generation" JSONB, "showInput" TEXT, "language" TEXT, "indent" INT)',
-    'CREATE TABLE IF NOT EXISTS elements ("id" UUID PRIMARY KEY, "threadId" UUID, "type" TEXT, "url" TEXT, '
-    '"chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT, "size" TEXT, '
-    '"page" INT, "language" TEXT, "forId" UUID, "mime" TEXT)',
-    'CREATE TABLE IF NOT EXISTS feedbacks ("id" UUID PRIMARY KEY, "forId" UUID NOT NULL, '
-    '"threadId" UUID NOT NULL, "value" INT NOT NULL, "comment" TEXT)',
-]
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        for statement in POSTGRES_DDL:
+        for statement in CHAINLIT_POSTGRES_DDL:
             op.execute(statement)
         return
     for table in TABLES:
