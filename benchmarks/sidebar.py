@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=15)
-    parser.add_argument("--chainlit-max", type=int, default=1000)
+    parser.add_argument("--chainlit-max", type=int, default=10000)
     args = parser.parse_args()
     asyncio.run(run(args.threads, args.steps, args.repeat, args.chainlit_max))
 

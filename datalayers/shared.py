@@ -151,3 +151,46 @@ async def sign_element_urls(storage: Optional["BlobStorage"], element_dicts: lis
 
 def child_logger(name: str):
     return chainlit_logger.getChild(name)
+
+
+# ---------------------------------------------------------------------- write semantics
+# Backend-neutral rules of the contract (design.md §2). datalayers/sqlalchemy.py still has
+# private copies (`_merge`, `_fill`, `_is_empty`, `DataLayerError`, ...); they are the same
+# rules and can be replaced by these imports.
+
+MAX_PAGE_SIZE = 200
+MESSAGE_TYPES = ("user_message", "assistant_message")
+STEP_TIMESTAMPS = ("createdAt", "start", "end")
+
+
+class DataLayerError(RuntimeError):
+    """A database operation failed; the message says which one and on what ids."""
+
+
+def merge_changes(base: Optional[dict], changes: Optional[dict]) -> dict:
+    """`base` updated with `changes`, where a `None` value removes the key."""
+    merged = dict(base or {})
+    for key, value in (changes or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def fill_missing(base: Optional[dict], additions: Optional[dict]) -> dict:
+    """`base` with keys from `additions` that it does not have yet (base wins)."""
+    merged = {k: v for k, v in (additions or {}).items() if v is not None}
+    merged.update(base or {})
+    return merged
+
+
+def is_empty(value: Any) -> bool:
+    return value is None or value == ""
+
+
+def page_size(first: Any) -> int:
+    """`pagination.first` checked (a positive int) and capped at MAX_PAGE_SIZE."""
+    if not isinstance(first, int) or isinstance(first, bool) or first < 1:
+        raise ValueError(f"pagination.first must be a positive integer, got {first!r}")
+    return min(first, MAX_PAGE_SIZE)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
@@ -186,7 +187,7 @@ class SQLAlchemyDataLayer(BaseDataLayer):
         try:
             async with self.engine.begin() as connection:
                 yield connection
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, ConnectionError, TimeoutError, socket.gaierror) as exc:  # also: server unreachable
             context = ", ".join(f"{k}={v!r}" for k, v in ids.items())
             logger.error("%s failed (%s): %s", operation, context, type(exc).__name__)
             raise DataLayerError(f"{operation} failed ({context}): {exc}") from exc
