@@ -159,9 +159,9 @@ class LocalStorage(BlobStorage):
         await asyncio.to_thread(self._write_sync, key, body, meta, overwrite)
 
     async def _read(self, key):
-        path = self._object_path(key)
-
         def read() -> bytes:
+            # _object_path resolves symlinks (file system calls), so it runs here too.
+            path = self._object_path(key)
             with _translated(key, missing=ObjectNotFound):
                 return path.read_bytes()
 

@@ -22,21 +22,16 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import httpx
 import pytest
 
+from tests.conftest import unavailable
 from tests.servers.adls_fake import FakeAdlsServer, ServerThread
-
-
-FAKE_AWS_SECRET = "testing-secret"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def require(module: str):
     """Import an optional SDK; skip without it locally, fail without it in CI."""
-    if in_ci():
+    try:
         return importlib.import_module(module)
-    return pytest.importorskip(module)
+    except ImportError:
+        unavailable(f"{module} is not installed (pip install -e '.[dev]')")
 
 
 async def http_fetch(url: str) -> tuple[int, bytes]:
@@ -122,30 +117,11 @@ def blob_http_app():
 
 
 @pytest.fixture(scope="session")
-def moto_s3():
-    """Endpoint URL of a moto S3 server, with fake AWS credentials in the environment."""
+def moto_s3(moto_endpoint):
+    """Endpoint URL of the session's moto server (tests/conftest.py sets fake AWS
+    credentials in the environment), once aioboto3 is known to be installed."""
     require("aioboto3")
-    moto_server = require("moto.server")
-    fake_env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": FAKE_AWS_SECRET,
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        # Keep a developer's real profile and config out of the tests.
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in fake_env.items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
+    return moto_endpoint
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ presigned URLs, prefixes, stored headers, batch deletes and error translation.""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,7 +12,6 @@ import pytest
 
 from storage import InvalidObjectKey, ObjectNotFound, StorageAccessDenied, StorageError
 from tests.storage.conftest import (
-    FAKE_AWS_SECRET,
     http_fetch_response,
     require,
     sigv4_presigned_url_is_valid,
@@ -55,11 +55,11 @@ async def test_presigned_url_honours_region_and_endpoint(moto_s3):
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}" == moto_s3
     assert "/eu-west-3/s3/aws4_request" in parse_qs(parts.query)["X-Amz-Credential"][0]
-    assert sigv4_presigned_url_is_valid(url, secret_key=FAKE_AWS_SECRET, region="eu-west-3")
-    assert not sigv4_presigned_url_is_valid(url, secret_key=FAKE_AWS_SECRET, region="us-east-1")
+    assert sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="eu-west-3")
+    assert not sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
     assert not sigv4_presigned_url_is_valid(url, secret_key="another-secret", region="eu-west-3")
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=storage.url_expiry_seconds + 60)
-    assert not sigv4_presigned_url_is_valid(url, secret_key=FAKE_AWS_SECRET, region="eu-west-3", now=later)
+    assert not sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="eu-west-3", now=later)
     assert (await http_fetch_response(url)).content == b"paris"
     await storage.close()
 
