@@ -38,18 +38,21 @@ JSON_DOC = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 metadata = MetaData()
 
-users = Table(
+
+def _table(name: str, *items) -> Table:
+    # utf8mb4 on MySQL whatever the server default: emoji and every script must fit.
+    return Table(name, metadata, *items, mysql_charset="utf8mb4")
+
+users = _table(
     "users",
-    metadata,
     Column("id", ID, primary_key=True),
     Column("identifier", SHORT, nullable=False, unique=True),
     Column("metadata", JSON_DOC, nullable=False),
     Column("createdAt", TIMESTAMP),
 )
 
-threads = Table(
+threads = _table(
     "threads",
-    metadata,
     Column("id", ID, primary_key=True),
     Column("createdAt", TIMESTAMP),
     Column("updatedAt", TIMESTAMP),
@@ -62,9 +65,8 @@ threads = Table(
     Index("ix_threads_user_updated", "userId", "updatedAt", "id"),
 )
 
-steps = Table(
+steps = _table(
     "steps",
-    metadata,
     Column("id", ID, primary_key=True),
     Column("name", LONG_TEXT, nullable=False),
     Column("type", SHORT, nullable=False),
@@ -94,9 +96,8 @@ steps = Table(
     Index("ix_steps_thread_created", "threadId", "createdAt"),
 )
 
-elements = Table(
+elements = _table(
     "elements",
-    metadata,
     Column("id", ID, primary_key=True),
     Column("threadId", ID),
     Column("type", SHORT),
@@ -116,9 +117,8 @@ elements = Table(
     Index("ix_elements_for", "forId"),
 )
 
-feedbacks = Table(
+feedbacks = _table(
     "feedbacks",
-    metadata,
     Column("id", ID, primary_key=True),
     Column("forId", ID, nullable=False),
     Column("threadId", ID, nullable=False),

@@ -80,7 +80,13 @@ def normalize_database_url(url: str) -> str:
         parsed = parsed.set(drivername=DRIVERS[backend])
     if parsed.drivername == "postgres+asyncpg":
         parsed = parsed.set(drivername="postgresql+asyncpg")
+    if backend in ("mysql", "mariadb") and "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})  # emoji and every script
     return parsed.render_as_string(hide_password=False)
+
+
+def _unicode_lower(value):
+    return value.lower() if isinstance(value, str) else value
 
 
 def _like_pattern(term: str) -> str:
@@ -167,6 +173,9 @@ class SQLAlchemyDataLayer(BaseDataLayer):
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            # SQLite's lower() folds ASCII only; search must be case-insensitive for every
+            # script, as it is on PostgreSQL and MySQL.
+            dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(connection):

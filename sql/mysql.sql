@@ -9,7 +9,7 @@ CREATE TABLE users (
 	`createdAt` VARCHAR(32), 
 	PRIMARY KEY (id), 
 	UNIQUE (identifier)
-);
+)CHARSET=utf8mb4;
 
 CREATE TABLE threads (
 	id VARCHAR(255) NOT NULL, 
@@ -22,7 +22,7 @@ CREATE TABLE threads (
 	metadata JSON, 
 	PRIMARY KEY (id), 
 	CONSTRAINT `threads_userId_fkey` FOREIGN KEY(`userId`) REFERENCES users (id) ON DELETE CASCADE
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX ix_threads_user_updated ON threads (`userId`, `updatedAt`, id);
 
@@ -53,7 +53,7 @@ CREATE TABLE steps (
 	`autoCollapse` BOOL, 
 	extra JSON, 
 	PRIMARY KEY (id)
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX ix_steps_thread_created ON steps (`threadId`, `createdAt`);
 
@@ -74,7 +74,7 @@ CREATE TABLE elements (
 	props JSON, 
 	extra JSON, 
 	PRIMARY KEY (id)
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX ix_elements_for ON elements (`forId`);
 
@@ -87,7 +87,7 @@ CREATE TABLE feedbacks (
 	value INTEGER NOT NULL, 
 	comment LONGTEXT, 
 	PRIMARY KEY (id)
-);
+)CHARSET=utf8mb4;
 
 CREATE INDEX ix_feedbacks_for ON feedbacks (`forId`);
 

@@ -35,8 +35,9 @@ def test_generated_auth_secret_is_persisted_privately(tmp_path):
         ("postgresql://u:p@h:5432/db", "postgresql+asyncpg://u:p@h:5432/db"),
         ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
         ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
-        ("mysql://root@h:3306/db", "mysql+aiomysql://root@h:3306/db"),
-        ("mariadb://root@h/db", "mariadb+aiomysql://root@h/db"),
+        ("mysql://root@h:3306/db", "mysql+aiomysql://root@h:3306/db?charset=utf8mb4"),
+        ("mariadb://root@h/db", "mariadb+aiomysql://root@h/db?charset=utf8mb4"),
+        ("mysql+aiomysql://root@h/db?charset=latin1", "mysql+aiomysql://root@h/db?charset=latin1"),
     ],
 )
 def test_plain_scheme_names_get_the_async_driver(url, expected):

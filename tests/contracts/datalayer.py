@@ -455,6 +455,16 @@ class DataLayerContract:
         assert sorted(found) == sorted([by_name, by_message])
         assert await self.list_all(datalayer, user, search="no such words anywhere") == []
 
+    async def test_search_folds_case_in_every_script(self, datalayer, user):
+        cyrillic = await self.new_thread(datalayer, user, name="ЗАМЕТКИ о поездке")
+        german = await self.new_thread(datalayer, user, name="untitled")
+        await datalayer.create_step(step(german, type="user_message", output="Straße ÜBER die Brücke 🚲"))
+        assert await self.list_all(datalayer, user, search="заметки") == [cyrillic]
+        assert await self.list_all(datalayer, user, search="über DIE brücke") == [german]
+        assert await self.list_all(datalayer, user, search="🚲") == [german]
+        thread = await datalayer.get_thread(german)
+        assert thread["steps"][0]["output"] == "Straße ÜBER die Brücke 🚲"
+
     async def test_search_treats_wildcards_literally(self, datalayer, user):
         percent = await self.new_thread(datalayer, user, name="growth of 100% yearly")
         underscore = await self.new_thread(datalayer, user, name="snake_case names")

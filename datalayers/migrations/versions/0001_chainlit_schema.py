@@ -51,7 +51,7 @@ def upgrade() -> None:
         ] if table.name == "threads" else []
         columns = [sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable,
                              unique=c.unique, server_default=c.server_default) for c in (table.c[n] for n in wanted)]
-        op.create_table(table.name, *columns, *constraints)
+        op.create_table(table.name, *columns, *constraints, mysql_charset="utf8mb4")
 
 
 def downgrade() -> None:
