@@ -44,6 +44,8 @@ _DELEGATION_KEY_LIFETIME = dt.timedelta(days=1)
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 # Bytes per append request (the service accepts up to 100 MiB on every API version).
 _MAX_APPEND = 64 * 1024 * 1024
+# Concurrent deletes when removing many files (a thread's attachments).
+_DELETE_CONCURRENCY = 16
 # overwrite=True uploads that lost a race with another writer are retried this many times.
 _OVERWRITE_RETRIES = 3
 
@@ -204,14 +206,23 @@ class AzureDataLakeStorage(BlobStorage):
             raise self._translate(exc, "delete", key) from exc
 
     async def _delete_many(self, keys):
-        # The DFS API has no batch delete of files; deletes run concurrently instead, and
-        # every failure is reported (the first one raised, all of them counted).
-        results = await asyncio.gather(*(self._delete(k) for k in dict.fromkeys(keys)), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
+        # The DFS API has no batch delete of files: deletes run concurrently (bounded, so a
+        # big thread does not open hundreds of connections), and no failure is dropped.
+        unique = list(dict.fromkeys(keys))
+        limit = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+        async def delete(key: str) -> None:
+            async with limit:
+                await self._delete(key)
+
+        results = await asyncio.gather(*(delete(k) for k in unique), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if len(errors) == 1:
+            raise errors[0]
         if errors:
-            if len(errors) == 1:
-                raise errors[0]
-            raise type(errors[0])(f"{len(errors)} of {len(keys)} deletes failed; first: {errors[0]}") from errors[0]
+            denied = all(isinstance(e, StorageAccessDenied) for e in errors)
+            error_type = StorageAccessDenied if denied else StorageError
+            raise error_type(f"{len(errors)} of {len(unique)} deletes failed; first: {errors[0]}") from errors[0]
 
     async def _read_url(self, key):
         path = self._path(key)

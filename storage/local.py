@@ -263,6 +263,9 @@ class LocalStorage(BlobStorage):
             mime, disposition = meta.get("mime"), meta.get("content_disposition")
         except FileNotFoundError:
             pass  # written by hand or by an older version: guess from the name below
+        except (OSError, ValueError) as exc:
+            # Unreadable metadata must not make the file itself unreachable.
+            self.logger.warning("ignoring unreadable metadata of %r: %s", key, exc)
         if not mime or mime == "application/octet-stream":
             mime = mimetypes.guess_type(key)[0] or mime or "application/octet-stream"
         return path, stat_result, mime, disposition

@@ -219,3 +219,21 @@ async def test_without_a_key_default_credential_is_used_and_closed(monkeypatch):
 def test_from_url_rejects_malformed(url):
     with pytest.raises(ValueError):
         AzureDataLakeStorage.from_url(url, data_dir=None, secret=b"")
+
+
+async def test_batch_delete_reports_every_failure(adls):
+    await adls.upload_file("u/t/e/ok.txt", b"x")
+    failing = {"u/t/e/a.txt", "u/t/e/b.txt"}
+    original = adls._delete
+
+    async def flaky_delete(key):
+        if key in failing:
+            raise StorageAccessDenied(f"denied {key}")
+        await original(key)
+
+    adls._delete = flaky_delete
+    with pytest.raises(StorageAccessDenied) as info:
+        await adls.delete_files(["u/t/e/a.txt", "u/t/e/ok.txt", "u/t/e/b.txt"])
+    assert "2 of 3 deletes failed" in str(info.value)
+    with pytest.raises(ObjectNotFound):
+        await adls.read_file("u/t/e/ok.txt")  # the others were still deleted

@@ -262,3 +262,15 @@ def test_repr_has_no_secret(tmp_path):
     storage = LocalStorage(tmp_path, secret=b"topsecret-value-123")
     assert "topsecret" not in repr(storage)
     assert Path(str(tmp_path)).name in repr(storage)
+
+
+async def test_corrupt_metadata_does_not_hide_the_file(tmp_path, blob_http_app):
+    storage = LocalStorage(tmp_path, secret=SECRET, base_url=f"{blob_http_app.state.base_url}/blobs")
+    storage.mount(blob_http_app)
+    await storage.upload_file("u/t/e/doc.pdf", b"%PDF", "application/pdf")
+    for meta in (tmp_path / "meta").rglob("*.json"):
+        meta.write_text("{not json")
+    response = await http_fetch_response(await storage.get_read_url("u/t/e/doc.pdf"))
+    assert response.status_code == 200 and response.content == b"%PDF"
+    assert response.headers["content-type"] == "application/pdf"  # guessed from the name
+    await storage.close()
