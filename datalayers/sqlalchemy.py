@@ -142,7 +142,9 @@ class SQLAlchemyDataLayer(BaseDataLayer):
     ):
         self.url = normalize_database_url(url)
         self.dialect = make_url(self.url).get_backend_name()
-        options = {"pool_pre_ping": True, **(engine_options or {})}
+        # hide_parameters: statement parameters carry message text and must not reach
+        # logs or exception messages (errors still name the operation and ids).
+        options = {"pool_pre_ping": True, "hide_parameters": True, **(engine_options or {})}
         self.engine: AsyncEngine = create_async_engine(self.url, **options)
         if self.dialect == "sqlite":
             self._configure_sqlite(self.engine)

@@ -18,3 +18,37 @@ async def datalayer(request, sql_url_factory):
 
 class TestSQLAlchemyContract(DataLayerContract):
     pass
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+async def test_close_releases_the_engine_and_the_storage(backend, sql_url_factory):
+    from chainlit.user import User
+
+    from storage.base import StorageClosed
+
+    storage = MemoryStorage()
+    layer = SQLAlchemyDataLayer(sql_url_factory(backend), storage=storage)
+    await layer.create_user(User(identifier="closing"))
+    assert layer.engine.pool.checkedin() >= 1
+    await layer.close()
+    assert layer.engine.pool.checkedin() == 0
+    with pytest.raises(StorageClosed):
+        await storage.read_file("any/key")
+    await layer.close()  # closing twice is harmless
+
+
+async def test_sql_errors_do_not_leak_message_text(sql_url_factory):
+    from datalayers.sqlalchemy import DataLayerError
+
+    layer = SQLAlchemyDataLayer(sql_url_factory("sqlite"), storage=MemoryStorage())
+    await layer.migrate()
+    secret_text = "my-private-diary-entry"
+    with pytest.raises(DataLayerError) as info:
+        # name is NOT NULL: an explicit None bypasses our defaults only via a raw insert
+        from datalayers.sql_schema import steps
+
+        async with layer._transaction("raw_insert") as conn:
+            await conn.execute(steps.insert().values(id="x", threadId="t", name=None, type="t",
+                                                     streaming=False, output=secret_text))
+    assert secret_text not in str(info.value)
+    await layer.close()
