@@ -161,9 +161,8 @@ class LocalStorage(BlobStorage):
     async def _read(self, key):
         def read() -> bytes:
             # _object_path resolves symlinks (file system calls), so it runs here too.
-            path = self._object_path(key)
             with _translated(key, missing=ObjectNotFound):
-                return path.read_bytes()
+                return self._object_path(key).read_bytes()
 
         return await asyncio.to_thread(read)
 
@@ -189,8 +188,8 @@ class LocalStorage(BlobStorage):
         return tmp
 
     def _write_sync(self, key: str, body: bytes, meta: dict[str, Any], overwrite: bool) -> None:
-        dest = self._object_path(key)
         with _translated(key):
+            dest = self._object_path(key)
             tmp = self._write_temp(body)
             try:
                 self._publish(key, tmp, dest, overwrite)
@@ -209,10 +208,10 @@ class LocalStorage(BlobStorage):
         for attempt in range(_PUBLISH_ATTEMPTS):
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
+            except (FileExistsError, NotADirectoryError) as exc:
                 raise StorageError(
                     f"object key {key!r} needs a folder where an object already exists"
-                ) from None
+                ) from exc
             if dest.is_dir():
                 raise StorageError(f"object key {key!r} is a prefix of other objects")
             try:
@@ -223,8 +222,8 @@ class LocalStorage(BlobStorage):
                     # overwrite=False cannot both win, unlike an exists()-then-write check.
                     os.link(tmp, dest)
                 return
-            except FileExistsError:
-                raise ObjectExists(f"object already exists: {key}") from None
+            except FileExistsError as exc:
+                raise ObjectExists(f"object already exists: {key}") from exc
             except FileNotFoundError:
                 # A delete pruned our freshly made parent folder; make it again.
                 if attempt == _PUBLISH_ATTEMPTS - 1:
@@ -232,8 +231,8 @@ class LocalStorage(BlobStorage):
 
     def _delete_sync(self, keys: list[str]) -> None:
         for key in keys:
-            path = self._object_path(key)
             with _translated(key):
+                path = self._object_path(key)
                 try:
                     path.unlink()
                 except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -252,8 +251,8 @@ class LocalStorage(BlobStorage):
 
     def stat_object(self, key: str) -> tuple[Path, os.stat_result, str, str | None]:
         """(path, stat, mime, stored disposition) of an object; blocking, for the route."""
-        path = self._object_path(key)
         with _translated(key, missing=ObjectNotFound):
+            path = self._object_path(key)
             stat_result = path.stat()
             if not os.path.isfile(path):
                 raise ObjectNotFound(f"no such object: {key}")
