@@ -108,16 +108,6 @@ def _env_bool(value: str | None, default: bool) -> bool:
     raise ConfigurationError(f"expected a boolean, got {value!r}")
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
-
-
 def _persistent_secret(data_dir: Path) -> str:
     """A random secret kept in the data folder, so restarts keep sessions and signed URLs."""
     path = data_dir / "auth_secret"
@@ -137,7 +127,6 @@ class Settings:
     database_url: str = field(repr=False)
     storage_url: str = field(repr=False)
     auth_secret: str = field(repr=False)
-    url_expiry_seconds: int = 3600
     auto_migrate: bool = True
     data_layer_class: str | None = None
     storage_class: str | None = None
@@ -145,7 +134,7 @@ class Settings:
     def __repr__(self) -> str:  # never print passwords or secrets
         return (
             f"Settings(data_dir={str(self.data_dir)!r}, database_url={redact_url(self.database_url)!r}, "
-            f"storage_url={redact_url(self.storage_url)!r}, url_expiry_seconds={self.url_expiry_seconds}, "
+            f"storage_url={redact_url(self.storage_url)!r}, "
             f"auto_migrate={self.auto_migrate}, data_layer_class={self.data_layer_class!r}, "
             f"storage_class={self.storage_class!r})"
         )
@@ -205,7 +194,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, 
         database_url=database_url,
         storage_url=storage_url,
         auth_secret=auth_secret,
-        url_expiry_seconds=_env_int(env, "STORAGE_URL_EXPIRY_SECONDS", 3600),
         auto_migrate=_env_bool(env.get("DATABASE_AUTO_MIGRATE"), True),
         data_layer_class=env.get("DATA_LAYER_CLASS") or None,
         storage_class=env.get("STORAGE_CLASS") or None,
