@@ -14,7 +14,7 @@ import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -116,6 +116,9 @@ class AzureDataLakeStorage(BlobStorage):
         else:
             account_url = f"https://{host}.dfs.core.windows.net"
         key = os.environ.get("AZURE_STORAGE_KEY") or params.get("account_key") or None
+        if key:
+            # A base64 key pasted unencoded into a URL has its '+' read as a space.
+            key = key.replace(" ", "+")
         return cls(
             account_url,
             unquote(container),
@@ -243,7 +246,7 @@ class AzureDataLakeStorage(BlobStorage):
             expiry=expiry,
             start=now - _CLOCK_SKEW,
         )
-        return f"{self._fs.get_file_client(path).url}?{sas}"
+        return f"{_blob_endpoint(self._fs.get_file_client(path).url)}?{sas}"
 
     async def _user_delegation_key(self, now: dt.datetime, url_expiry: dt.datetime):
         """A user-delegation key valid past `url_expiry`, fetched once and reused."""
@@ -268,6 +271,16 @@ class AzureDataLakeStorage(BlobStorage):
         finally:
             if self._owned_credential is not None:
                 await self._owned_credential.close()
+
+
+def _blob_endpoint(url: str) -> str:
+    """The Blob endpoint of a DFS URL (`acct.dfs.core...` -> `acct.blob.core...`).
+
+    Browsers get read links on the Blob endpoint, the one every SAS reader and CDN
+    supports (the SDK itself downloads from there); emulator URLs have no `.dfs.` and are
+    used as they are."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(".dfs.", ".blob.", 1)))
 
 
 def _reason(exc: Exception) -> str:

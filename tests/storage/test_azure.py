@@ -152,6 +152,7 @@ async def test_user_delegation_sas_fetches_one_key_and_reuses_it():
         query = parse_qs(urlsplit(url).query)
         assert query["skoid"] == ["00000000-0000-0000-0000-000000000001"]
         assert query["sp"] == ["r"] and "sig" in query
+    assert urlsplit(first).netloc == "acct.blob.core.windows.net"  # browsers read from the Blob endpoint
     assert urlsplit(first).path == "/fs/u/t/e/a.txt"
     await storage.close()
 
@@ -179,6 +180,9 @@ def test_from_url_public_form(monkeypatch):
     assert storage.account_url == "https://myacct.dfs.core.windows.net"
     assert (storage.file_system, storage.prefix, storage.account_name) == ("container", "app/blobs/", "myacct")
     assert storage._account_key == "ZW52LWtleQ=="  # the environment wins over the URL
+    monkeypatch.delenv("AZURE_STORAGE_KEY")
+    pasted = AzureDataLakeStorage.from_url("abfs://c@acct?account_key=a+b/c==", data_dir=None, secret=b"")
+    assert pasted._account_key == "a+b/c=="  # '+' of an unencoded base64 key survives
     assert storage.url_expiry_seconds == 600
     assert "ZW52" not in repr(storage) and "dXJs" not in repr(storage)
     short = AzureDataLakeStorage.from_url("abfs://c@acct", data_dir=None, secret=b"")
