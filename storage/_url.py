@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .base import DEFAULT_URL_EXPIRY_SECONDS
 
@@ -31,19 +31,3 @@ def expiry_from(params: dict[str, str]) -> int:
         raise ValueError("expiry must be positive")
     return value
 
-
-_SECRET_PARAMS = ("key", "secret", "token", "sig", "password", "credential")
-
-
-def redact_url(url: str) -> str:
-    """A storage URL fit for logs: query values that look secret (`account_key=`, `sig=`,
-    ...) and any password in the authority are replaced by `***`."""
-    parts = urlsplit(url)
-    query = [
-        (name, "***" if any(word in name.lower() for word in _SECRET_PARAMS) else value)
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*/:")))
