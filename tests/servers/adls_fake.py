@@ -166,6 +166,7 @@ class FakeAdls:
                 self.file_systems.discard(fs)
                 for key in [k for k in self.files if k[0] == fs]:
                     del self.files[key]
+                self.directories = {d for d in self.directories if d[0] != fs}
             return Response(status_code=202)
         if fs not in self.file_systems:
             return _error(404, "ContainerNotFound", "no such file system", blob_api=True)
