@@ -1,0 +1,330 @@
+"""End to end: the real app (`chainlit run app.py`) in Debian's headless Chromium.
+
+A person logs in, chats (the reply streams in), reloads, reopens the thread from the
+sidebar, carries on (the model receives the earlier turns), rates a reply, attaches a file
+(still there after reload), renames and deletes the thread. Once on SQLite and once on
+PostgreSQL, with local file storage and the OpenAI-compatible test server as the model.
+
+Needs /usr/bin/chromium (`apt-get install chromium`) and the `playwright` package; skipped
+with a reason elsewhere, but with CI=true a missing piece fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+
+from tests.servers.openai_compat import OpenAICompatServer, Reply, default_responder
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PASSWORD = "e2e-admin-password"
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+TIMEOUT_MS = 30_000
+
+
+def missing(reason: str):
+    if IN_CI:
+        pytest.fail(f"CI=true and the browser test cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser_ready():
+    if not Path(CHROMIUM).exists():
+        missing(f"{CHROMIUM} is missing (apt-get install chromium)")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        missing("the playwright package is not installed (pip install -e '.[dev]')")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def title_or_echo(body: dict) -> str:
+    """Answers like the default test responder; title requests (not streamed) get a title."""
+    if not body.get("stream"):
+        return "Ada introduction"
+    return default_responder(body)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with OpenAICompatServer() as server:
+        server.responder = title_or_echo
+        yield server
+
+
+class RunningApp:
+    def __init__(self, tmp: Path, database_url: str, llm_url: str):
+        self.tmp = tmp
+        self.database_url = database_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / "chainlit.log"
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("OAUTH_", "APP_", "LLM_", "OPENAI_", "CHAT_", "CHAINLIT_", "DATABASE_", "STORAGE_"))
+        }
+        env.update(
+            {
+                "APP_DATA_DIR": str(tmp / "data"),
+                "APP_ADMIN_PASSWORD": PASSWORD,
+                "DATABASE_URL": database_url,
+                "STORAGE_URL": (tmp / "files").as_uri(),
+                "OPENAI_BASE_URL": llm_url,
+                "OPENAI_API_KEY": "sk-e2e",
+                "LLM_MODEL": "test-model",
+                "LLM_MAX_RETRIES": "0",
+                "LLM_TIMEOUT_SECONDS": "20",
+            }
+        )
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chainlit", "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the app exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(f"{self.url}/auth/config", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"the app did not start in {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def app(request, browser_ready, llm, sql_url_factory, tmp_path):
+    database_url = sql_url_factory(request.param)
+    running = RunningApp(tmp_path, database_url, llm.base_url)
+    try:
+        running.wait_ready()
+        running.backend = request.param
+        yield running
+    finally:
+        running.stop()
+
+
+async def wait_for_text(locator, text: str, timeout: float = TIMEOUT_MS):
+    from playwright.async_api import expect
+
+    await expect(locator).to_contain_text(text, timeout=timeout)
+
+
+async def test_a_person_chats_and_finds_the_conversation_again(app, llm, tmp_path):
+    from playwright.async_api import async_playwright, expect
+
+    llm.reset()
+    llm.responder = title_or_echo
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = await browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = await context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            await run_story(page, app, llm, tmp_path)
+        except Exception:
+            shot = Path(tempfile.gettempdir()) / f"e2e-{app.backend}-failure.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            log = shot.with_suffix(".log")
+            shutil.copyfile(app.log_path, log)
+            print(f"screenshot: {shot}\napp log: {log}\n--- app log (end) ---\n{app.log_text()}")
+            raise
+        finally:
+            await browser.close()
+
+
+def assistant_messages(page):
+    return page.locator('[data-step-type="assistant_message"]')
+
+
+def user_messages(page):
+    return page.locator('[data-step-type="user_message"]')
+
+
+async def send(page, text: str) -> None:
+    box = page.locator("#chat-input")
+    await box.click()
+    await box.fill(text)
+    await page.locator("#chat-submit").click()
+
+
+async def run_story(page, app, llm, tmp_path):
+    from playwright.async_api import expect
+
+    # ---- log in ------------------------------------------------------------------------
+    await page.goto(f"{app.url}/login")
+    await page.locator("#email").fill("admin")
+    await page.locator("#password").fill(PASSWORD)
+    await page.locator('button[type="submit"]').click()
+    await expect(page.locator("#chat-input")).to_be_visible()
+
+    # ---- first message: the reply streams in -------------------------------------------
+    llm.script(
+        Reply(
+            "Nice to meet you, Ada. I will remember your name.",
+            chunks=["Nice", " to meet", " you,", " Ada.", " I will", " remember", " your name."],
+            chunk_delay=0.35,
+        )
+    )
+    await send(page, "Hello, my name is Ada")
+    reply = assistant_messages(page).last
+    seen: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if await reply.count():
+            text = (await reply.inner_text()).strip()
+            if text and (not seen or seen[-1] != text):
+                seen.append(text)
+            if "your name." in text:
+                break
+        await asyncio.sleep(0.1)
+    assert any("Ada" in s and "your name." not in s for s in seen), f"no partial reply was shown: {seen}"
+    await wait_for_text(reply, "Nice to meet you, Ada. I will remember your name.")
+
+    # The sidebar lists the thread under the model-generated title.
+    history = page.locator("#thread-history")
+    await wait_for_text(history, "Ada introduction")
+    thread_link = history.locator("a", has_text="Ada introduction").first
+
+    # ---- reload, reopen from the sidebar: the history is there --------------------------
+    await page.reload()
+    await expect(page.locator("#chat-input")).to_be_visible()
+    await thread_link.click()
+    await page.wait_for_url(re.compile(r".*/thread/[0-9a-f-]+$"))
+    thread_id = page.url.rsplit("/", 1)[1]
+    await wait_for_text(user_messages(page).first, "Hello, my name is Ada")
+    await wait_for_text(assistant_messages(page).first, "I will remember your name.")
+
+    # ---- carry on: the model receives the earlier turns --------------------------------
+    llm.script(Reply("Your name is **Ada**: you told me in your first message."))
+    await send(page, "What is my name?")
+    await wait_for_text(assistant_messages(page).last, "Your name is Ada: you told me in your first message.")
+    sent = llm.chat_requests(stream=True)[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[1]["content"] == "Hello, my name is Ada"
+    assert sent[2]["content"] == "Nice to meet you, Ada. I will remember your name."
+
+    # ---- rate the reply ---------------------------------------------------------------
+    last_reply = page.locator(f'[data-step-type="assistant_message"]').last
+    await last_reply.hover()
+    await last_reply.locator(".positive-feedback-off").click()
+    await page.get_by_placeholder("Your feedback...").fill("Correct, thanks")
+    await page.locator("#submit-feedback").click()
+    await expect(last_reply.locator(".positive-feedback-on")).to_be_visible()
+
+    # ---- attach a file ----------------------------------------------------------------
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The secret word is pineapple.\n")
+    await page.locator("#upload-button-input").set_input_files(str(notes))
+    await expect(page.locator("#attachments")).to_contain_text("notes.txt")
+    llm.script(Reply("Your file **notes.txt** says that the secret word is *pineapple*."))
+    await send(page, "What does my file say?")
+    await wait_for_text(assistant_messages(page).last, "the secret word is pineapple")
+    sent = llm.chat_requests(stream=True)[-1]["messages"]
+    assert "The secret word is pineapple." in sent[-1]["content"]
+
+    # ---- reload: the file, the rating and the whole conversation are still there ---------
+    await page.reload()
+    await wait_for_text(user_messages(page).last, "What does my file say?")
+    await expect(page.get_by_text("notes.txt").first).to_be_visible()
+    await expect(page.locator('[data-step-type="assistant_message"] .positive-feedback-on')).to_have_count(1)
+    assert await user_messages(page).count() == 3
+    assert await assistant_messages(page).count() == 3
+    if app.backend == "sqlite":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        await user_messages(page).first.scroll_into_view_if_needed()
+        await page.mouse.move(760, 400)
+        await page.mouse.wheel(0, -5000)  # show the conversation from its start
+        await asyncio.sleep(0.5)
+        await page.screenshot(path=str(SCREENSHOT))
+
+    # What the data layer stored, read back through Chainlit's own API.
+    response = await page.request.get(f"{app.url}/project/thread/{thread_id}")
+    assert response.ok, await response.text()
+    stored = await response.json()
+    replies = [s for s in stored["steps"] if s["type"] == "assistant_message"]
+    assert [r["generation"]["metadata"]["status"] for r in replies] == ["success"] * 3
+    assert all(r["generation"]["model"] == "test-model" and r["generation"]["tokenCount"] > 0 for r in replies)
+    # Chainlit's UI rates the `on_message` run that produced the reply.
+    rated = [s for s in stored["steps"] if s.get("feedback")]
+    assert len(rated) == 1 and rated[0]["feedback"]["value"] == 1
+    rated_reply = [r for r in replies if r.get("parentId") == rated[0]["id"]]
+    assert rated_reply and rated_reply[0]["output"].startswith("Your name is **Ada**")
+    assert rated[0]["feedback"]["comment"] == "Correct, thanks"
+    assert [e["name"] for e in stored["elements"]] == ["notes.txt"]
+    file_response = await page.request.get(urljoin(app.url, stored["elements"][0]["url"]))
+    assert file_response.ok and await file_response.text() == "The secret word is pineapple.\n"
+
+    # ---- rename -----------------------------------------------------------------------
+    item = history.locator(f'a[href$="{thread_id}"]').first
+    await item.hover()
+    await item.locator("#thread-options").click()
+    await page.locator("#rename-thread").click()
+    dialog = page.get_by_role("dialog")
+    await expect(dialog.locator("input")).to_have_value("Ada introduction")
+    await dialog.locator("input").fill("Renamed by the test")
+    await dialog.get_by_role("button", name="Confirm").click()
+    await wait_for_text(history, "Renamed by the test")
+    await page.reload()
+    await wait_for_text(page.locator("#thread-history"), "Renamed by the test")
+
+    # ---- delete -----------------------------------------------------------------------
+    item = page.locator("#thread-history").locator(f'a[href$="{thread_id}"]').first
+    await item.hover()
+    await item.locator("#thread-options").click()
+    await page.locator("#delete-thread").click()
+    await page.get_by_role("alertdialog").get_by_role("button", name=re.compile("confirm|delete|continue", re.I)).click()
+    await expect(page.locator("#thread-history").locator(f'a[href$="{thread_id}"]')).to_have_count(0)
+    await page.reload()
+    await expect(page.locator("#chat-input")).to_be_visible()
+    await expect(page.locator(f'a[href$="{thread_id}"]')).to_have_count(0)
