@@ -1,0 +1,551 @@
+"""What the shared contract cannot see on DynamoDB: the key layout, items written by
+Chainlit's own DynamoDB layer, large items, batched deletes, throttling and unprocessed
+batch items, URL parsing, provisioning from the template, and the shape of responses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from decimal import Decimal
+
+import aioboto3
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from chainlit.element import File, Text
+from chainlit.types import Feedback, Pagination, ThreadFilter
+from chainlit.user import User
+
+import datalayers.dynamodb as dynamodb_module
+from datalayers.dynamodb import (
+    BLOBS,
+    DynamoDBDataLayer,
+    DynamoDBError,
+    TEMPLATE_PATH,
+    deserialize,
+    main,
+    parse_dynamodb_url,
+    serialize,
+)
+from storage.memory import MemoryStorage
+from tests.contracts.datalayer import new_id, step, timestamp
+from tests.datalayers.test_dynamodb_contract import atomic_moto_dynamodb  # noqa: F401  (fixture)
+
+REGION = "us-east-1"
+INTERNAL = {"PK", "SK", "UserThreadPK", "UserThreadSK", "_rev", "_blobs", "_feedbackUp", "_feedbackDown"}
+
+
+def url_for(endpoint: str, table: str) -> str:
+    return f"dynamodb://{table}?region={REGION}&endpoint_url={endpoint}"
+
+
+@pytest.fixture(scope="module")
+async def table(moto_endpoint, atomic_moto_dynamodb):
+    name = f"specific-{uuid.uuid4().hex[:8]}"
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, name))
+    await layer.provision()
+    await layer.close()
+    return name
+
+
+@pytest.fixture
+async def layer(moto_endpoint, table):
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, table), storage=MemoryStorage())
+    yield layer
+    await layer.close()
+
+
+@pytest.fixture
+async def raw(moto_endpoint):
+    """A plain aioboto3 client on the same server, to look at what was stored."""
+    async with aioboto3.Session().client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint) as client:
+        yield client
+
+
+async def raw_item(raw, table, pk, sk):
+    response = await raw.get_item(TableName=table, Key=serialize({"PK": pk, "SK": sk}), ConsistentRead=True)
+    return deserialize(response["Item"]) if "Item" in response else None
+
+
+async def partition(raw, table, pk):
+    response = await raw.query(TableName=table, KeyConditionExpression="PK = :pk",
+                               ExpressionAttributeValues={":pk": {"S": pk}}, ConsistentRead=True)
+    return [deserialize(i) for i in response["Items"]]
+
+
+async def new_user(layer):
+    return await layer.create_user(User(identifier=f"user-{new_id()}@example.com"))
+
+
+def assert_no_internal(value):
+    """No key, index or bookkeeping attribute anywhere in a returned structure."""
+    if isinstance(value, dict):
+        assert not INTERNAL & set(value), sorted(INTERNAL & set(value))
+        for nested in value.values():
+            assert_no_internal(nested)
+    elif isinstance(value, list):
+        for nested in value:
+            assert_no_internal(nested)
+
+
+# ---------------------------------------------------------------------- key layout
+async def test_key_layout_of_every_item_type(layer, raw, table):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user, name="Layout")
+    message = step(thread_id, type="user_message")
+    await layer.create_step(message)
+    feedback_id = await layer.upsert_feedback(Feedback(forId=message["id"], threadId=thread_id, value=1))
+    element = File(name="a.txt", content=b"x", thread_id=thread_id, for_id=message["id"], mime="text/plain")
+    await layer.create_element(element)
+
+    stored_user = await raw_item(raw, table, f"USER#{user.identifier}", "USER")
+    assert stored_user["id"] == user.id and stored_user["identifier"] == user.identifier
+    assert (await raw_item(raw, table, f"USERID#{user.id}", "LOCATOR"))["identifier"] == user.identifier
+
+    thread = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert thread["UserThreadPK"] == f"USER#{user.identifier}"
+    assert thread["UserThreadSK"] == f"TS#{thread['updatedAt']}#{thread_id}"
+    assert thread["id"] == thread_id and thread["_feedbackUp"] == 1 and thread["_feedbackDown"] == 0
+
+    stored_step = await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{message['id']}")
+    assert stored_step["feedback"]["id"] == feedback_id == f"THREAD#{thread_id}::STEP#{message['id']}"
+    assert stored_step["feedback"]["value"] == 1
+    assert (await raw_item(raw, table, f"STEP#{message['id']}", "LOCATOR"))["threadId"] == thread_id
+
+    stored_element = await raw_item(raw, table, f"THREAD#{thread_id}", f"ELEMENT#{element.id}")
+    assert stored_element["objectKey"] and "url" not in stored_element  # URLs are signed on read
+    assert (await raw_item(raw, table, f"ELEMENT#{element.id}", "LOCATOR"))["threadId"] == thread_id
+
+
+async def _thread(layer, user, **kwargs) -> str:
+    thread_id = new_id()
+    await layer.update_thread(thread_id, user_id=user.id, **kwargs)
+    return thread_id
+
+
+async def test_new_message_moves_the_index_sort_key(layer, raw, table):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user)
+    before = (await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD"))["UserThreadSK"]
+    await asyncio.sleep(0.002)
+    await layer.create_step(step(thread_id))
+    after = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert after["UserThreadSK"] > before
+    await layer.update_thread(thread_id, name="renamed")  # a rename is not activity
+    assert (await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD"))["UserThreadSK"] == after["UserThreadSK"]
+
+
+async def test_ids_with_prefix_letters_survive(layer):
+    # Chainlit's layer used str.strip("THREAD#"), which eats leading/trailing T, H, R, E, A, D, #.
+    user = await new_user(layer)
+    thread_id = "THREAD-DEAR-" + new_id() + "-HEART"
+    await layer.update_thread(thread_id, name="prefix letters", user_id=user.id)
+    page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+    assert [t["id"] for t in page.data] == [thread_id]
+    assert (await layer.get_thread(thread_id))["id"] == thread_id
+
+
+# ---------------------------------------------------------------------- response shape
+async def test_responses_carry_no_keys_and_numbers_keep_their_type(layer):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user, metadata={"count": 3, "ratio": 0.25, "nested": {"n": [1, 2.5]}})
+    data = step(thread_id, generation={"tokenCount": 12, "settings": {"temperature": 0.2, "max_tokens": 256}},
+                metadata={"n": 7}, indent=2)
+    await layer.create_step(data)
+    await layer.upsert_feedback(Feedback(forId=data["id"], threadId=thread_id, value=1))
+    await layer.set_step_favorite(dict(data), True)
+    element = Text(name="t", content="text", thread_id=thread_id, for_id=data["id"], mime="text/plain")
+    await layer.create_element(element)
+
+    thread = await layer.get_thread(thread_id)
+    stored = thread["steps"][0]
+    assert stored["generation"]["tokenCount"] == 12 and type(stored["generation"]["tokenCount"]) is int
+    assert type(stored["generation"]["settings"]["max_tokens"]) is int
+    assert stored["generation"]["settings"]["temperature"] == 0.2
+    assert type(stored["indent"]) is int and type(stored["metadata"]["n"]) is int
+    assert type(stored["feedback"]["value"]) is int
+    assert thread["metadata"] == {"count": 3, "ratio": 0.25, "nested": {"n": [1, 2.5]}}
+    assert type(thread["metadata"]["count"]) is int and type(thread["metadata"]["nested"]["n"][0]) is int
+    json.dumps(thread)  # no Decimal anywhere
+
+    page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+    favorites = await layer.get_favorite_steps(user.id)
+    fetched_element = await layer.get_element(thread_id, element.id)
+    for value in (thread, page.data, favorites, fetched_element):
+        assert_no_internal(value)
+    assert "updatedAt" not in thread and "updatedAt" not in page.data[0]
+
+
+async def test_non_finite_numbers_are_refused_with_the_field_named(layer):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user)
+    with pytest.raises(ValueError, match="generation"):
+        await layer.create_step(step(thread_id, generation={"score": float("nan")}))
+
+
+# ---------------------------------------------------------------------- Chainlit's items
+@pytest.fixture
+def chainlit_layer(moto_endpoint, table):
+    from chainlit.data.dynamodb import DynamoDBDataLayer as ChainlitDynamoDBDataLayer
+
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint)
+    layer = ChainlitDynamoDBDataLayer(table_name=table, client=client, storage_provider=MemoryStorage())
+    yield layer
+    client.close()
+
+
+async def test_items_written_by_chainlits_layer_are_readable(layer, chainlit_layer):
+    identifier = f"legacy-{new_id()}"
+    legacy_user = await chainlit_layer.create_user(User(identifier=identifier, metadata={"plan": "pro"}))
+    thread_id = new_id()
+    await chainlit_layer.update_thread(thread_id, name="Legacy thread", user_id=legacy_user.id,
+                                       metadata={"keep": 1, "drop": 2}, tags=["old"])
+    question = step(thread_id, type="user_message", output="Where is the LEGACY budget?", createdAt=timestamp(1))
+    answer = step(thread_id, type="assistant_message", output="here", createdAt=timestamp(2),
+                  generation={"tokenCount": 5})
+    await chainlit_layer.create_step(answer)
+    await chainlit_layer.create_step(question)
+    await chainlit_layer.upsert_feedback(Feedback(forId=answer["id"], threadId=thread_id, value=0, comment="meh"))
+    element = File(name="old.txt", content=b"old bytes", thread_id=thread_id, for_id=answer["id"], mime="text/plain")
+    await chainlit_layer.create_element(element)
+
+    user = await layer.get_user(identifier)
+    assert user.id == identifier and user.metadata == {"plan": "pro"}
+    assert await layer.get_thread_author(thread_id) == identifier
+
+    thread = await layer.get_thread(thread_id)
+    assert thread["name"] == "Legacy thread" and thread["userIdentifier"] == identifier
+    assert thread["metadata"] == {"keep": 1, "drop": 2} and thread["tags"] == ["old"]
+    assert [s["id"] for s in thread["steps"]] == [question["id"], answer["id"]]
+    assert thread["steps"][1]["feedback"]["value"] == 0 and thread["steps"][1]["feedback"]["comment"] == "meh"
+    assert type(thread["steps"][1]["generation"]["tokenCount"]) is int
+    assert [e["id"] for e in thread["elements"]] == [element.id]
+    assert thread["elements"][0]["url"] == await layer.storage.get_read_url(thread["elements"][0]["objectKey"])
+    assert_no_internal(thread)
+
+    page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+    assert [t["id"] for t in page.data] == [thread_id]
+    found = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id, search="legacy BUDGET"))
+    assert [t["id"] for t in found.data] == [thread_id]
+
+    # Our writes on Chainlit's items: merge metadata, keep createdAt, take over feedback.
+    await layer.update_thread(thread_id, metadata={"drop": None, "new": True})
+    updated = await layer.get_thread(thread_id)
+    assert updated["metadata"] == {"keep": 1, "new": True} and updated["createdAt"] == thread["createdAt"]
+    await layer.upsert_feedback(Feedback(forId=question["id"], threadId=thread_id, value=1))
+    for value in (0, 1):  # counters were rebuilt from the existing feedback, both values
+        page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id, feedback=value))
+        assert [t["id"] for t in page.data] == [thread_id]
+    legacy_feedback_id = thread["steps"][1]["feedback"]["id"]
+    assert await layer.delete_feedback(legacy_feedback_id) is True
+    page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id, feedback=0))
+    assert page.data == []
+
+    await layer.delete_thread(thread_id)
+    assert await layer.get_thread(thread_id) is None
+
+
+# ---------------------------------------------------------------------- large items
+async def test_large_step_attributes_go_to_blobs_and_come_back_whole(layer, raw, table):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user)
+    output = "ü" * 150_000 + "needle at the end"
+    data = step(thread_id, type="assistant_message", output=output,
+                metadata={"context": ["y" * 1000 for _ in range(120)]})
+    await layer.create_step(data)
+
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{data['id']}")
+    assert set(stored[BLOBS]) >= {"output"} and "output" not in stored
+    first_output_key = stored[BLOBS]["output"]
+    assert await layer.storage.read_file(first_output_key)
+    read = (await layer.get_thread(thread_id))["steps"][0]
+    assert read["output"] == output and read["metadata"] == data["metadata"]
+
+    # Search sees text that lives in a blob.
+    page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id, search="NEEDLE AT THE END"))
+    assert [t["id"] for t in page.data] == [thread_id]
+
+    # An unrelated change keeps the blob; a new output replaces it and removes the old one.
+    await layer.update_step({"id": data["id"], "threadId": thread_id, "language": "de"})
+    assert (await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{data['id']}"))[BLOBS]["output"] == first_output_key
+    await layer.update_step({"id": data["id"], "threadId": thread_id, "output": "short now"})
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{data['id']}")
+    assert stored["output"] == "short now" and "output" not in stored.get(BLOBS, {})
+    assert first_output_key not in layer.storage.objects
+    assert (await layer.get_thread(thread_id))["steps"][0]["language"] == "de"
+
+    await layer.delete_thread(thread_id)
+    assert not [k for k in layer.storage.objects if f"/{thread_id}/" in k]
+
+
+async def test_large_thread_metadata_round_trips_and_shrinks_back(layer, raw, table):
+    user = await new_user(layer)
+    session = {"history": ["x" * 1000 for _ in range(350)], "count": 350}  # ~350 KB
+    thread_id = await _thread(layer, user, metadata=session)
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    key = stored[BLOBS]["metadata"]
+    assert user.identifier in key and thread_id in key  # grouped with the user's other blobs
+    assert (await layer.get_thread(thread_id))["metadata"] == session
+    page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+    assert page.data[0]["metadata"] == session
+
+    await layer.update_thread(thread_id, metadata={"history": None})
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert stored["metadata"] == {"count": 350} and not stored.get(BLOBS)
+    assert key not in layer.storage.objects
+
+
+async def test_too_large_without_storage_is_a_clear_error(moto_endpoint, table):
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, table))  # no storage client
+    try:
+        with pytest.raises(RuntimeError, match="no storage client"):
+            await layer.update_thread(new_id(), metadata={"big": "z" * 100_000})
+    finally:
+        await layer.close()
+
+
+# ---------------------------------------------------------------------- batches and retries
+class FaultyClient:
+    """The real client, with scripted failures on chosen methods."""
+
+    def __init__(self, real, faults):
+        self._real = real
+        self.faults = faults  # method -> list of callables(kwargs) -> response or raise
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name):
+        method = getattr(self._real, name)
+
+        async def call(**kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            script = self.faults.get(name)
+            if script:
+                fault = script.pop(0)
+                result = fault(kwargs)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                if result is not None:
+                    return result
+            return await method(**kwargs)
+
+        return call
+
+
+def throttled(operation):
+    def fault(kwargs):
+        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                          operation)
+    return fault
+
+
+@pytest.fixture
+async def faulty(moto_endpoint, table, monkeypatch):
+    monkeypatch.setattr(dynamodb_module, "_backoff", lambda attempt, **kw: 0.001)
+    session = aioboto3.Session()
+    async with session.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint) as real:
+        client = FaultyClient(real, {})
+        layer = DynamoDBDataLayer(table, storage=MemoryStorage(), client=client, verify_table=False)
+        yield layer, client
+
+
+async def test_throttling_is_retried_then_succeeds(faulty):
+    layer, client = faulty
+    user = await layer.create_user(User(identifier=f"throttled-{new_id()}"))
+    client.faults["get_item"] = [throttled("GetItem"), throttled("GetItem")]
+    client.calls.clear()
+    assert (await layer.get_user(user.identifier)).id == user.id
+    assert client.calls["get_item"] == 3
+
+
+async def test_throttling_that_persists_is_raised_with_context(faulty):
+    layer, client = faulty
+    client.faults["get_item"] = [throttled("GetItem")] * dynamodb_module.THROTTLE_ATTEMPTS
+    thread_id = new_id()
+    with pytest.raises(DynamoDBError, match=f"get_thread_author.*{thread_id}.*ProvisionedThroughputExceeded") as info:
+        await layer.get_thread_author(thread_id)
+    assert info.value.code == "ProvisionedThroughputExceededException"
+
+
+async def test_delete_thread_batches_and_retries_unprocessed_items(faulty, raw, table):
+    layer, client = faulty
+    user = await layer.create_user(User(identifier=f"batch-{new_id()}"))
+    thread_id = await _thread(layer, user)
+    steps = [step(thread_id, createdAt=timestamp(i)) for i in range(30)]
+    for data in steps:
+        await layer.create_step(data)
+    elements = [File(name=f"{i}.txt", content=b"b", thread_id=thread_id, for_id=steps[i]["id"], mime="text/plain")
+                for i in range(3)]
+    for element in elements:
+        await layer.create_element(element)
+    blob_keys = [(await layer.get_element(thread_id, e.id))["objectKey"] for e in elements]
+    # 30 steps + 3 elements + their 33 locators = 66 deletes before the thread item.
+    sizes = []
+
+    def hold_back_one(kwargs):
+        requests = kwargs["RequestItems"][table]
+        sizes.append(len(requests))
+        if len(sizes) == 1:  # the first batch: pretend one item was throttled
+            processed = {table: requests[:-1]}
+            async def partial():
+                await client._real.batch_write_item(RequestItems=processed)
+                return {"UnprocessedItems": {table: requests[-1:]}}
+            return partial()
+        return None
+
+    client.faults["batch_write_item"] = [hold_back_one] * 10
+
+    await layer.delete_thread(thread_id)
+
+    assert sizes[0] == 25 and max(sizes) <= 25 and sum(sizes) == 66 + 1 + 1  # +1 retried, +1 thread item
+    assert await partition(raw, table, f"THREAD#{thread_id}") == []
+    for data in steps:
+        assert await raw_item(raw, table, f"STEP#{data['id']}", "LOCATOR") is None
+    for key in blob_keys:
+        assert key not in layer.storage.objects
+
+
+async def test_unprocessed_items_that_never_clear_are_an_error(faulty, monkeypatch, table):
+    layer, client = faulty
+    monkeypatch.setattr(dynamodb_module, "BATCH_ATTEMPTS", 3)
+    user = await layer.create_user(User(identifier=f"stuck-{new_id()}"))
+    thread_id = await _thread(layer, user)
+    await layer.create_step(step(thread_id))
+
+    def nothing_processed(kwargs):
+        async def respond():
+            return {"UnprocessedItems": kwargs["RequestItems"]}
+        return respond()
+
+    client.faults["batch_write_item"] = [nothing_processed] * 3
+    with pytest.raises(DynamoDBError, match="unprocessed"):
+        await layer.delete_thread(thread_id)
+    assert (await layer.get_thread(thread_id)) is not None  # nothing reported as deleted
+
+
+async def test_aws_errors_carry_operation_and_ids(moto_endpoint):
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, "no-such-table"), verify_table=False)
+    try:
+        with pytest.raises(DynamoDBError, match=r"get_thread \(thread_id='abc'\).*ResourceNotFoundException"):
+            await layer.get_thread("abc")
+    finally:
+        await layer.close()
+
+
+async def test_concurrent_ratings_keep_the_thread_counters_exact(layer, raw, table):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user)
+    steps = [step(thread_id, createdAt=timestamp(i)) for i in range(8)]
+    for data in steps:
+        await layer.create_step(data)
+    await asyncio.gather(*(layer.upsert_feedback(Feedback(forId=s["id"], threadId=thread_id, value=i % 2))
+                           for i, s in enumerate(steps)))
+    thread = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert (thread["_feedbackUp"], thread["_feedbackDown"]) == (4, 4)
+    await asyncio.gather(*(layer.upsert_feedback(Feedback(forId=s["id"], threadId=thread_id, value=1))
+                           for s in steps[:4]))
+    await layer.delete_step(steps[7]["id"])
+    thread = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert (thread["_feedbackUp"], thread["_feedbackDown"]) == (5, 2)
+
+
+# ---------------------------------------------------------------------- URLs
+def test_url_forms():
+    assert parse_dynamodb_url("dynamodb://chat-table") == {"table": "chat-table", "region": None, "endpoint_url": None}
+    assert parse_dynamodb_url("dynamodb://t.1?region=eu-west-1&endpoint_url=http://127.0.0.1:8000") == {
+        "table": "t.1", "region": "eu-west-1", "endpoint_url": "http://127.0.0.1:8000"}
+    assert parse_dynamodb_url("dynamodb:///Chats_Prod?region=us-east-2")["table"] == "Chats_Prod"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("dynamodb://AKIA:secret@table?region=us-east-1", "credentials"),
+    ("dynamodb://table?aws_secret_access_key=x", "credentials"),
+    ("dynamodb://table?region=us-east-1&AWS_ACCESS_KEY_ID=x", "credentials"),
+    ("dynamodb://table?session_token=x", "credentials"),
+    ("dynamodb://table?colour=blue", "unknown dynamodb:// option"),
+    ("dynamodb://ab?region=us-east-1", "table name"),
+    ("dynamodb://table?endpoint_url=ftp://host", "http"),
+    ("postgresql://table", "dynamodb://"),
+])
+def test_bad_urls_are_refused(url, message):
+    with pytest.raises(ValueError, match=message):
+        parse_dynamodb_url(url)
+
+
+def test_settings_registry_resolves_the_scheme():
+    from datalayers import DATA_LAYER_SCHEMES
+    from settings import resolve_backend
+
+    assert resolve_backend("dynamodb://t?region=x", DATA_LAYER_SCHEMES, "database") is DynamoDBDataLayer
+
+
+# ---------------------------------------------------------------------- provisioning
+async def test_provisioned_table_matches_the_template(raw, table):
+    template = json.loads(TEMPLATE_PATH.read_text())
+    properties = next(r for r in template["Resources"].values() if r["Type"] == "AWS::DynamoDB::Table")["Properties"]
+    description = (await raw.describe_table(TableName=table))["Table"]
+    assert description["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    index = description["GlobalSecondaryIndexes"][0]
+    assert index["IndexName"] == "UserThread"
+    assert index["Projection"] == properties["GlobalSecondaryIndexes"][0]["Projection"]
+    assert description["SSEDescription"]["Status"] in ("ENABLED", "ENABLING")
+    backups = await raw.describe_continuous_backups(TableName=table)
+    assert backups["ContinuousBackupsDescription"]["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+    ttl = (await raw.describe_time_to_live(TableName=table))["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == properties["TimeToLiveSpecification"]["AttributeName"]
+
+
+async def test_provision_command_is_idempotent(moto_endpoint, raw, capsys):
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    url = url_for(moto_endpoint, name)
+    assert await asyncio.to_thread(main, ["provision", "--url", url]) == 0
+    assert "created" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["provision", "--url", url]) == 0
+    assert "already exists" in capsys.readouterr().out
+    assert (await raw.describe_table(TableName=name))["Table"]["TableStatus"] == "ACTIVE"
+    assert await asyncio.to_thread(main, ["provision", "--url", "dynamodb://x?password=y"]) == 1
+
+
+async def test_auto_migrate_creates_the_table_on_first_use(moto_endpoint, raw):
+    name = f"auto-{uuid.uuid4().hex[:8]}"
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, name), storage=MemoryStorage(), auto_migrate=True)
+    try:
+        user = await layer.create_user(User(identifier="first-user"))
+        assert (await layer.get_user("first-user")).id == user.id
+        assert (await raw.describe_table(TableName=name))["Table"]["TableStatus"] == "ACTIVE"
+    finally:
+        await layer.close()
+
+
+async def test_a_table_made_from_chainlits_template_is_refused_with_instructions(moto_endpoint, raw):
+    # The seed's table: same keys, but its UserThread index projects only id and name.
+    name = f"seed-{uuid.uuid4().hex[:8]}"
+    properties = dynamodb_module.load_table_template()
+    await raw.create_table(
+        TableName=name, AttributeDefinitions=properties["AttributeDefinitions"], KeySchema=properties["KeySchema"],
+        BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[{**properties["GlobalSecondaryIndexes"][0],
+                                 "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name"]}}],
+    )
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, name))
+    try:
+        with pytest.raises(DynamoDBError, match="_feedbackDown.*recreate the index"):
+            await layer.get_user("anyone")
+    finally:
+        await layer.close()
+
+
+async def test_template_and_provisioning_stay_in_sync():
+    properties = dynamodb_module.load_table_template()
+    request, after = dynamodb_module.create_table_request(properties, "t-name")
+    assert request["TableName"] == "t-name"
+    assert request["SSESpecification"] == {"Enabled": True, "SSEType": "KMS"}
+    assert after == {"PointInTimeRecoveryEnabled": True, "TimeToLive": {"AttributeName": "expiresAt", "Enabled": True}}
+    with pytest.raises(ValueError, match="not supported"):
+        dynamodb_module.create_table_request({**properties, "KinesisStreamSpecification": {}}, "t")
+
+
+def test_decimal_conversion_rules():
+    item = deserialize(serialize({"i": 3, "f": 0.5, "big": 10**30, "neg": -2, "l": [1, 1.25], "d": Decimal("4")}))
+    assert item == {"i": 3, "f": 0.5, "big": 10**30, "neg": -2, "l": [1, 1.25], "d": 4}
+    assert [type(item[k]) for k in ("i", "f", "big", "d")] == [int, float, int, int]
