@@ -39,7 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-PASSWORD = "e2e-admin-password"
+OTHER_USER = ("mallory", "mallory-password")
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
 TIMEOUT_MS = 30_000
 
@@ -95,7 +95,6 @@ class RunningApp:
         env.update(
             {
                 "APP_DATA_DIR": str(tmp / "data"),
-                "APP_ADMIN_PASSWORD": PASSWORD,
                 "DATABASE_URL": database_url,
                 "STORAGE_URL": (tmp / "files").as_uri(),
                 "OPENAI_BASE_URL": llm_url,
@@ -105,6 +104,7 @@ class RunningApp:
                 "LLM_TIMEOUT_SECONDS": "20",
             }
         )
+        self.env = env
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chainlit", "run", "app.py", "--headless", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -126,6 +126,23 @@ class RunningApp:
                 pass
             time.sleep(0.3)
         raise AssertionError(f"the app did not start in {timeout}s:\n{self.log_text()}")
+
+    def admin_password(self) -> str:
+        """What the README tells a person on a fresh machine: the generated first password."""
+        text = (self.tmp / "data" / "admin_password.txt").read_text()
+        assert text.startswith("user: admin\n"), text
+        password = text.split("password: ", 1)[1].strip()
+        assert password in self.log_text()  # also printed once on the console
+        return password
+
+    async def add_user(self, name: str, password: str) -> None:
+        """`python -m chat.users add` while the app runs: logins read the users file afresh."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chat.users", "add", name, "--password-stdin",
+            cwd=ROOT, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate(f"{password}\n".encode())
+        assert proc.returncode == 0, out.decode()
 
     def log_text(self) -> str:
         self.log.flush()
@@ -204,7 +221,7 @@ async def run_story(page, app, llm, tmp_path):
     # ---- log in ------------------------------------------------------------------------
     await page.goto(f"{app.url}/login")
     await page.locator("#email").fill("admin")
-    await page.locator("#password").fill(PASSWORD)
+    await page.locator("#password").fill(app.admin_password())
     await page.locator('button[type="submit"]').click()
     await expect(page.locator("#chat-input")).to_be_visible()
 
@@ -304,6 +321,22 @@ async def run_story(page, app, llm, tmp_path):
     assert [e["name"] for e in stored["elements"]] == ["notes.txt"]
     file_response = await page.request.get(urljoin(app.url, stored["elements"][0]["url"]))
     assert file_response.ok and await file_response.text() == "The secret word is pineapple.\n"
+
+    # Another user can neither read this thread nor overwrite its rating (Chainlit's
+    # /feedback route checks no ownership; app.py tells the data layer who is asking).
+    await app.add_user(*OTHER_USER)
+    async with httpx.AsyncClient(base_url=app.url, timeout=20) as other:
+        login = await other.post("/login", data={"username": OTHER_USER[0], "password": OTHER_USER[1]})
+        assert login.status_code == 200, login.text
+        assert (await other.get(f"/project/thread/{thread_id}")).status_code in (401, 403, 404)
+        attack = await other.put(
+            "/feedback",
+            json={"feedback": {"forId": rated[0]["id"], "value": 0, "comment": "overwritten"}, "sessionId": "x"},
+        )
+        assert attack.status_code >= 400, attack.text
+    again = await (await page.request.get(f"{app.url}/project/thread/{thread_id}")).json()
+    (still,) = [s for s in again["steps"] if s.get("feedback")]
+    assert (still["feedback"]["value"], still["feedback"]["comment"]) == (1, "Correct, thanks")
 
     # ---- rename -----------------------------------------------------------------------
     item = history.locator(f'a[href$="{thread_id}"]').first
