@@ -369,3 +369,24 @@ async def test_settings_panel_offers_models_and_prompt_templates(stack, open_cha
     assert {i["value"] for i in by_id["prompt"]["items"]} >= {"assistant", "concise", "translator"}
     assert by_id["max_tokens"]["initial"] == 0
     assert chat.session.chat_settings["history_length"] == 20
+
+
+async def test_editing_a_message_makes_the_model_forget_the_turns_after_it(stack, open_chat, llm_server, make_config):
+    _layer, storage, _user = stack
+    config = make_config(LLM_GENERATE_TITLES="false")
+    service = ChatService(config, OpenAIProvider(config), storage)
+    chat = open_chat(service)
+    await service.start()
+    await chat.say("my favourite colour is red")
+    await chat.say("and my pet is a cat")
+    state = cl.user_session.get("chat_state")
+    assert len(state.turns) == 4
+
+    # Chainlit's edit: the same user message id comes back with new content.
+    edited = cl.Message(content="my favourite colour is blue", type="user_message", author="tester")
+    edited.id = state.turns[0].id
+    await service.on_message(edited)
+    sent = [m["content"] for m in llm_server.chat_requests(stream=True)[-1]["messages"]]
+    assert sent[1:] == ["my favourite colour is blue"]
+    assert [t.content for t in state.turns][0] == "my favourite colour is blue"
+    assert len(state.turns) == 2
