@@ -19,24 +19,27 @@ class ChatConfigError(ValueError):
     """An LLM setting in the environment is invalid."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _number(env: Mapping[str, str], name: str, default, cast, what: str, low=None, high=None):
+    """`env[name]` as a number within [low, high] (either bound optional), else `default`."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
-        return int(raw)
+        value = cast(raw)
     except ValueError:
-        raise ChatConfigError(f"{name} must be an integer, got {raw!r}") from None
+        raise ChatConfigError(f"{name} must be {what}, got {raw!r}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ChatConfigError(f"{name} must be {bounds}, got {raw!r}")
+    return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ChatConfigError(f"{name} must be a number, got {raw!r}") from None
+def _int(env: Mapping[str, str], name: str, default: int, low: int | None = None) -> int:
+    return _number(env, name, default, int, "an integer", low)
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low=None, high=None) -> float:
+    return _number(env, name, default, float, "a number", low, high)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -100,25 +103,6 @@ def load_chat_config(env: Mapping[str, str] | None = None) -> ChatConfig:
     model = (env.get("LLM_MODEL") or "").strip() or ("offline-echo" if provider == "offline" else "gpt-4o-mini")
     models = tuple(m.strip() for m in (env.get("LLM_MODELS") or "").split(",") if m.strip())
 
-    temperature = _float(env, "LLM_TEMPERATURE", 0.7)
-    if not 0.0 <= temperature <= 2.0:
-        raise ChatConfigError(f"LLM_TEMPERATURE must be between 0 and 2, got {temperature}")
-    history_length = _int(env, "LLM_HISTORY_LENGTH", 20)
-    if history_length < 0:
-        raise ChatConfigError("LLM_HISTORY_LENGTH must be 0 or more")
-    context_tokens = _int(env, "LLM_CONTEXT_TOKENS", 8192)
-    if context_tokens < 256:
-        raise ChatConfigError("LLM_CONTEXT_TOKENS must be at least 256")
-    timeout = _float(env, "LLM_TIMEOUT_SECONDS", 60.0)
-    if timeout <= 0:
-        raise ChatConfigError("LLM_TIMEOUT_SECONDS must be positive")
-    max_retries = _int(env, "LLM_MAX_RETRIES", 2)
-    if max_retries < 0:
-        raise ChatConfigError("LLM_MAX_RETRIES must be 0 or more")
-    max_file_chars = _int(env, "CHAT_MAX_FILE_CHARS", 20000)
-    if max_file_chars < 0:
-        raise ChatConfigError("CHAT_MAX_FILE_CHARS must be 0 or more")
-
     prompts_file = Path((env.get("CHAT_PROMPTS_FILE") or "").strip() or DEFAULT_PROMPTS_FILE).expanduser()
 
     return ChatConfig(
@@ -127,14 +111,14 @@ def load_chat_config(env: Mapping[str, str] | None = None) -> ChatConfig:
         models=models,
         api_key=api_key,
         base_url=base_url,
-        temperature=temperature,
+        temperature=_float(env, "LLM_TEMPERATURE", 0.7, 0.0, 2.0),
         max_tokens=_int(env, "LLM_MAX_TOKENS", 0),
-        history_length=history_length,
-        context_tokens=context_tokens,
-        timeout_seconds=timeout,
-        max_retries=max_retries,
+        history_length=_int(env, "LLM_HISTORY_LENGTH", 20, low=0),
+        context_tokens=_int(env, "LLM_CONTEXT_TOKENS", 8192, low=256),
+        timeout_seconds=_float(env, "LLM_TIMEOUT_SECONDS", 60.0, low=0.001),
+        max_retries=_int(env, "LLM_MAX_RETRIES", 2, low=0),
         generate_titles=_bool(env, "LLM_GENERATE_TITLES", True),
         prompts_file=prompts_file,
         default_prompt=(env.get("CHAT_DEFAULT_PROMPT") or "").strip(),
-        max_file_chars=max_file_chars,
+        max_file_chars=_int(env, "CHAT_MAX_FILE_CHARS", 20000, low=0),
     )

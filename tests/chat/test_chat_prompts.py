@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,22 @@ def test_invalid_files_are_rejected_with_a_reason(text, message):
 def test_missing_file_names_the_setting(tmp_path):
     with pytest.raises(PromptError, match="CHAT_PROMPTS_FILE"):
         load_prompts(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("LLM_TEMPERATURE", "3", "between 0.0 and 2.0"),
+        ("LLM_TEMPERATURE", "warm", "a number"),
+        ("LLM_HISTORY_LENGTH", "-1", "at least 0"),
+        ("LLM_CONTEXT_TOKENS", "100", "at least 256"),
+        ("LLM_MAX_RETRIES", "x", "an integer"),
+        ("LLM_GENERATE_TITLES", "maybe", "true or false"),
+        ("LLM_PROVIDER", "bard", "one of openai, langchain, offline"),
+    ],
+)
+def test_invalid_llm_settings_name_the_variable(name, value, message):
+    from chat.config import ChatConfigError
+
+    with pytest.raises(ChatConfigError, match=f"{name}.*{re.escape(message)}"):
+        load_chat_config({name: value})

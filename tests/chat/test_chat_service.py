@@ -126,16 +126,28 @@ def open_chat(stack):
         chat.close()
 
 
+@pytest.fixture
+def start_chat(stack, open_chat, make_config):
+    """`await start_chat(provider_cls, **env)`: a started chat session on a new thread.
+    Titles are off unless `LLM_GENERATE_TITLES` says otherwise."""
+
+    async def factory(provider_cls=OpenAIProvider, **env: str) -> Chat:
+        env.setdefault("LLM_GENERATE_TITLES", "false")
+        config = make_config(**env)
+        chat = open_chat(ChatService(config, provider_cls(config), stack[1]))
+        await chat.service.start()
+        return chat
+
+    return factory
+
+
 def assistant_steps(thread):
     return [s for s in thread["steps"] if s["type"] == "assistant_message"]
 
 
 @pytest.mark.parametrize("provider_cls", [OpenAIProvider, LangChainProvider])
-async def test_streamed_answer_is_stored_with_its_generation(provider_cls, stack, open_chat, llm_server, make_config):
-    _layer, storage, _user = stack
-    service = ChatService(make_config(LLM_GENERATE_TITLES="false"), provider_cls(make_config()), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_streamed_answer_is_stored_with_its_generation(provider_cls, start_chat, llm_server):
+    chat = await start_chat(provider_cls)
     llm_server.script(Reply("Hello human, nice day", chunks=["Hello", " human,", " nice", " day"]))
 
     answer = await chat.say("hi model")
@@ -164,12 +176,8 @@ async def test_streamed_answer_is_stored_with_its_generation(provider_cls, stack
     assert gen["messageCompletion"] == {"role": "assistant", "content": "Hello human, nice day"}
 
 
-async def test_model_receives_earlier_turns_and_attached_text(stack, open_chat, llm_server, make_config, tmp_path):
-    _layer, storage, _user = stack
-    config = make_config(LLM_GENERATE_TITLES="false")
-    service = ChatService(config, OpenAIProvider(config), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_model_receives_earlier_turns_and_attached_text(start_chat, llm_server, tmp_path):
+    chat = await start_chat(OpenAIProvider)
     await chat.say("my name is Ada")
     notes = tmp_path / "notes.md"
     notes.write_text("# Notes\nThe launch code is 1234.\n")
@@ -205,14 +213,8 @@ async def test_model_receives_earlier_turns_and_attached_text(stack, open_chat, 
         (Stall(seconds=3), "timeout", "did not answer in time"),
     ],
 )
-async def test_llm_errors_are_shown_stored_and_the_thread_stays_usable(
-    failure, kind, text, stack, open_chat, llm_server, make_config
-):
-    _layer, storage, _user = stack
-    config = make_config(LLM_GENERATE_TITLES="false", LLM_TIMEOUT_SECONDS="0.5")
-    service = ChatService(config, OpenAIProvider(config), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_llm_errors_are_shown_stored_and_the_thread_stays_usable(failure, kind, text, start_chat, llm_server):
+    chat = await start_chat(OpenAIProvider, LLM_TIMEOUT_SECONDS="0.5")
     llm_server.script(failure)
 
     answer = await chat.say("first try")
@@ -234,12 +236,8 @@ async def test_llm_errors_are_shown_stored_and_the_thread_stays_usable(
     assert not ok.get("isError") and ok["generation"]["metadata"]["status"] == "success"
 
 
-async def test_interrupted_stream_keeps_the_partial_answer_marked_as_error(stack, open_chat, llm_server, make_config):
-    _layer, storage, _user = stack
-    config = make_config(LLM_GENERATE_TITLES="false", LLM_TIMEOUT_SECONDS="0.5")
-    service = ChatService(config, OpenAIProvider(config), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_interrupted_stream_keeps_the_partial_answer_marked_as_error(start_chat, llm_server):
+    chat = await start_chat(OpenAIProvider, LLM_TIMEOUT_SECONDS="0.5")
     llm_server.script(Stall(seconds=3, after_chunks=2, text="partial answer here"))
     answer = await chat.say("tell me")
     assert answer.is_error
@@ -276,12 +274,9 @@ async def test_resume_rebuilds_history_from_the_stored_thread(stack, open_chat, 
     assert sent[5] == "what was the word?"
 
 
-async def test_thread_settings_drive_the_call_and_are_saved(stack, open_chat, llm_server, make_config):
-    layer, storage, _user = stack
-    config = make_config(LLM_GENERATE_TITLES="false")
-    service = ChatService(config, OpenAIProvider(config), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_thread_settings_drive_the_call_and_are_saved(start_chat, llm_server):
+    chat = await start_chat(OpenAIProvider)
+    service = chat.service
     for i in range(3):
         await chat.say(f"message {i}")
 
@@ -303,16 +298,12 @@ async def test_thread_settings_drive_the_call_and_are_saved(stack, open_chat, ll
     assert sent["model"] == "test-model"  # a model the operator does not offer falls back
     assert sent["messages"][0]["content"].startswith("You are a helpful, precise assistant")
 
-    thread = await layer.get_thread(chat.thread_id)
+    thread = await chat.thread()
     assert thread["metadata"]["chat_settings"]["max_tokens"] == -1
 
 
-async def test_title_is_generated_after_the_first_exchange(stack, open_chat, llm_server, make_config):
-    layer, storage, _user = stack
-    config = make_config()
-    service = ChatService(config, OpenAIProvider(config), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_title_is_generated_after_the_first_exchange(start_chat, llm_server):
+    chat = await start_chat(OpenAIProvider, LLM_GENERATE_TITLES="true")
     llm_server.script(Reply("Paris is the capital."), Reply('Title: "Capital of France."'))
     await chat.say("what is the capital of France?")
 
@@ -327,12 +318,8 @@ async def test_title_is_generated_after_the_first_exchange(stack, open_chat, llm
     assert len(llm_server.chat_requests(stream=False)) == 1
 
 
-async def test_failed_title_keeps_the_first_message_as_name(stack, open_chat, llm_server, make_config):
-    _layer, storage, _user = stack
-    config = make_config()
-    service = ChatService(config, OpenAIProvider(config), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_failed_title_keeps_the_first_message_as_name(start_chat, llm_server):
+    chat = await start_chat(OpenAIProvider, LLM_GENERATE_TITLES="true")
     llm_server.script(Reply("Sure."), Fail(503))
     await chat.say("hello there")
     assert (await chat.thread())["name"] == "hello there"
@@ -371,12 +358,9 @@ async def test_settings_panel_offers_models_and_prompt_templates(stack, open_cha
     assert chat.session.chat_settings["history_length"] == 20
 
 
-async def test_editing_a_message_makes_the_model_forget_the_turns_after_it(stack, open_chat, llm_server, make_config):
-    _layer, storage, _user = stack
-    config = make_config(LLM_GENERATE_TITLES="false")
-    service = ChatService(config, OpenAIProvider(config), storage)
-    chat = open_chat(service)
-    await service.start()
+async def test_editing_a_message_makes_the_model_forget_the_turns_after_it(start_chat, llm_server):
+    chat = await start_chat(OpenAIProvider)
+    service = chat.service
     await chat.say("my favourite colour is red")
     await chat.say("and my pet is a cat")
     state = cl.user_session.get("chat_state")
