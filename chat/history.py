@@ -56,14 +56,17 @@ def turns_from_steps(
 ) -> list[Turn]:
     """User and assistant messages of a stored thread, in order.
 
-    Error steps and empty messages are left out (the model never produced them);
-    `attachments` maps a step id to text blocks (attached files) appended to that turn.
+    Error steps, answers the user stopped half-way and empty messages are left out (the
+    model never produced them whole); `attachments` maps a step id to text blocks
+    (attached files) appended to that turn.
     """
     attachments = attachments or {}
     turns: list[Turn] = []
     for step in steps:
         kind = step.get("type")
         if kind not in ("user_message", "assistant_message") or step.get("isError"):
+            continue
+        if ((step.get("generation") or {}).get("metadata") or {}).get("status") == "cancelled":
             continue
         content = step.get("output") or ""
         extra = attachments.get(step.get("id") or "", ())

@@ -39,13 +39,17 @@ def steps():
         {"id": "a2", "type": "assistant_message", "output": "**Error:** boom", "isError": True},
         {"id": "u3", "type": "user_message", "output": "see the file"},
         {"id": "a3", "type": "assistant_message", "output": ""},
+        {"id": "u4", "type": "user_message", "output": "long story please"},
+        {"id": "a4", "type": "assistant_message", "output": "Once upon", "generation": {"metadata": {"status": "cancelled"}}},
     ]
 
 
-def test_turns_from_steps_keeps_messages_in_order_without_errors_or_empties():
+def test_turns_from_steps_keeps_messages_in_order_without_errors_stopped_answers_or_empties():
     turns = turns_from_steps(steps(), {"u3": ["--- Attached file: a.txt ---\nabc\n--- End of a.txt ---"]})
-    assert [(t.id, t.role) for t in turns] == [("u1", "user"), ("a1", "assistant"), ("u2", "user"), ("u3", "user")]
-    assert turns[-1].content == "see the file\n\n--- Attached file: a.txt ---\nabc\n--- End of a.txt ---"
+    assert [(t.id, t.role) for t in turns] == [
+        ("u1", "user"), ("a1", "assistant"), ("u2", "user"), ("u3", "user"), ("u4", "user")
+    ]
+    assert turns[-2].content == "see the file\n\n--- Attached file: a.txt ---\nabc\n--- End of a.txt ---"
 
 
 def history(n: int) -> list[Turn]:

@@ -374,3 +374,22 @@ async def test_editing_a_message_makes_the_model_forget_the_turns_after_it(start
     assert sent[1:] == ["my favourite colour is blue"]
     assert [t.content for t in state.turns][0] == "my favourite colour is blue"
     assert len(state.turns) == 2
+
+
+async def test_stop_keeps_the_streamed_part_marked_cancelled(start_chat, llm_server):
+    chat = await start_chat(OpenAIProvider)
+    llm_server.script(Reply("one two three four five six", chunk_delay=0.3))
+    message = cl.Message(content="count slowly", type="user_message", author="tester")
+    await message.send()
+    task = asyncio.create_task(chat.service.on_message(message))
+    while not any(event == "token" for event, _ in chat.emitter.events):  # the stream has begun
+        await asyncio.sleep(0.05)
+    task.cancel()  # what Chainlit's stop button does to the running on_message task
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (step,) = assistant_steps(await chat.thread())
+    assert step["output"] and "one two three four five six".startswith(step["output"])
+    assert step["output"] != "one two three four five six"
+    assert step["generation"]["metadata"]["status"] == "cancelled"
+    state = cl.user_session.get("chat_state")
+    assert [t.role for t in state.turns] == ["user"]  # an unfinished answer is not context

@@ -11,7 +11,15 @@ from tests.e2e.app_runner import RunningApp
 
 @pytest.fixture
 def fresh_app(tmp_path):
-    running = RunningApp(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", None, APP_AUTH_HEADER="X-Remote-User")
+    running = RunningApp(
+        tmp_path,
+        f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+        None,
+        APP_AUTH_HEADER="X-Remote-User",
+        # Chainlit's standard OAuth settings: the provider appears on the login page.
+        OAUTH_GITHUB_CLIENT_ID="e2e-client",
+        OAUTH_GITHUB_CLIENT_SECRET="e2e-secret",
+    )
     try:
         running.wait_ready()
         yield running
@@ -19,7 +27,7 @@ def fresh_app(tmp_path):
         running.stop()
 
 
-async def test_fresh_start_offline_with_generated_admin_and_header_login(fresh_app):
+async def test_fresh_start_offline_with_generated_admin_header_and_oauth_logins(fresh_app):
     log = fresh_app.log_text()
     assert "chat provider: offline (no LLM configured)" in log
     password = fresh_app.admin_password()
@@ -28,7 +36,7 @@ async def test_fresh_start_offline_with_generated_admin_and_header_login(fresh_a
     async with httpx.AsyncClient(base_url=fresh_app.url, timeout=20) as client:
         auth = (await client.get("/auth/config")).json()
         assert auth["requireLogin"] and auth["passwordAuth"] and auth["headerAuth"]
-        assert auth["oauthProviders"] == []
+        assert auth["oauthProviders"] == ["github"]
 
         assert (await client.post("/login", data={"username": "admin", "password": "wrong"})).status_code == 401
         assert (await client.post("/login", data={"username": "admin", "password": password})).status_code == 200

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.e2e.app_runner import ROOT, RunningApp
-from tests.servers.openai_compat import OpenAICompatServer, Reply, default_responder
+from tests.servers.openai_compat import Fail, OpenAICompatServer, Reply, default_responder
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -174,11 +174,23 @@ async def run_story(page, app, llm, tmp_path):
     await wait_for_text(user_messages(page).first, "Hello, my name is Ada")
     await wait_for_text(assistant_messages(page).first, "I will remember your name.")
 
+    # ---- per-thread settings: answer length and prompt template ------------------------
+    await page.locator("#chat-settings-open-modal").click()
+    settings = page.get_by_role("dialog")
+    await settings.locator("#max_tokens").fill("64")
+    await settings.locator("#prompt").click()
+    await page.get_by_role("option", name="Concise").click()
+    await settings.get_by_role("button", name="Confirm").click()
+    await expect(settings).to_have_count(0)
+
     # ---- carry on: the model receives the earlier turns --------------------------------
     llm.script(Reply("Your name is **Ada**: you told me in your first message."))
     await send(page, "What is my name?")
     await wait_for_text(assistant_messages(page).last, "Your name is Ada: you told me in your first message.")
-    sent = llm.chat_requests(stream=True)[-1]["messages"]
+    request = llm.chat_requests(stream=True)[-1]
+    assert request["max_tokens"] == 64
+    sent = request["messages"]
+    assert sent[0]["content"].startswith("You are a terse assistant.")
     assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
     assert sent[1]["content"] == "Hello, my name is Ada"
     assert sent[2]["content"] == "Nice to meet you, Ada. I will remember your name."
@@ -249,6 +261,18 @@ async def run_story(page, app, llm, tmp_path):
     again = await (await page.request.get(f"{app.url}/project/thread/{thread_id}")).json()
     (still,) = [s for s in again["steps"] if s.get("feedback")]
     assert (still["feedback"]["value"], still["feedback"]["comment"]) == (1, "Correct, thanks")
+
+    # ---- a failing model call shows an error; the thread stays usable ------------------
+    llm.script(Fail(429, message="Rate limit reached for test-model"))
+    await send(page, "Are you still there?")
+    await wait_for_text(assistant_messages(page).last, "The model provider is rate-limiting requests (HTTP 429)")
+    await send(page, "Try again please")
+    await wait_for_text(assistant_messages(page).last, "Echo: Try again please")
+    request = llm.chat_requests(stream=True)[-1]
+    assert request["max_tokens"] == 64  # the thread's settings survived the reload
+    contents = [m["content"] for m in request["messages"]]
+    assert "Are you still there?" in contents
+    assert not any("rate-limiting" in c for c in contents)  # errors are not model context
 
     # ---- rename -----------------------------------------------------------------------
     item = history.locator(f'a[href$="{thread_id}"]').first
