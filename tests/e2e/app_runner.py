@@ -31,7 +31,8 @@ class RunningApp:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "chainlit.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(APP_ENV_PREFIXES)}
+        # Not CI either: `chainlit run` sees CI=true and exports a fake OPENAI_API_KEY.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(APP_ENV_PREFIXES) and k != "CI"}
         env.update(
             {
                 "APP_DATA_DIR": str(tmp / "data"),
