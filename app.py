@@ -116,6 +116,12 @@ async def on_message(message: cl.Message):
     await service.on_message(message)
 
 
+@cl.on_app_shutdown
+async def on_app_shutdown():
+    await service.wait_background()  # let pending thread titles be saved
+    await service.provider.aclose()
+
+
 @cl.on_shared_thread_view
 async def on_shared_thread_view(thread: ThreadDict, viewer: Optional[cl.User]) -> bool:
     # Anyone with the link may read a thread its author chose to share.
