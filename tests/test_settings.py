@@ -73,6 +73,9 @@ def test_passwords_never_appear_in_reprs_or_logs(tmp_path, caplog):
     assert "s3cr3t-pw" not in redact_url(url)
     assert redact_url(url) == "postgresql://app:***@db.example.com:5432/chat"
     assert "s3cr3t-pw" not in redact_url("s3://bucket/p?secret_key=s3cr3t-pw&region=eu")
+    assert redact_url("s3://bucket/p?secret_key=s3cr3t-pw&region=eu") == "s3://bucket/p?secret_key=***&region=eu"
+    assert redact_url("sqlite+aiosqlite:////tmp/x.db") == "sqlite+aiosqlite:////tmp/x.db"
+    assert redact_url("memory://") == "memory://"
     settings = load_settings({"APP_DATA_DIR": str(tmp_path), "DATABASE_URL": url, "CHAINLIT_AUTH_SECRET": "topsecret"})
     assert "s3cr3t-pw" not in repr(settings) and "topsecret" not in repr(settings)
     layer = SQLAlchemyDataLayer(url)
