@@ -443,6 +443,7 @@ class DynamoDBDataLayer(BaseDataLayer):
         template: Path = TEMPLATE_PATH,
         retry_mode: str = "adaptive",
         max_attempts: int = 6,
+        max_concurrency: int = 8,
     ):
         if not TABLE_NAME.match(table_name):
             raise ValueError(f"invalid DynamoDB table name {table_name!r}")
@@ -463,6 +464,11 @@ class DynamoDBDataLayer(BaseDataLayer):
         self._stack: Optional[AsyncExitStack] = None
         self._ready = client is not None and not verify_table and not auto_migrate
         self._open_lock = asyncio.Lock()
+        # Requests in flight at once. Each AWS call costs about a millisecond of CPU in
+        # botocore (serialising, signing, parsing) on the event loop; with dozens of chat
+        # turns at once, unbounded fan-out makes one loop iteration run them all back to
+        # back. A small bound keeps every stall short at no cost in throughput worth having.
+        self._in_flight = asyncio.Semaphore(max_concurrency)
         # user id -> identifier never changes once written; caching it saves a read per
         # sidebar page.
         self._identifiers: "OrderedDict[str, str]" = OrderedDict()
@@ -523,7 +529,8 @@ class DynamoDBDataLayer(BaseDataLayer):
         context = ", ".join(f"{k}={v!r}" for k, v in ids.items())
         for attempt in range(THROTTLE_ATTEMPTS):
             try:
-                return await getattr(client, method)(**kwargs)
+                async with self._in_flight:
+                    return await getattr(client, method)(**kwargs)
             except ClientError as exc:
                 error = exc.response.get("Error", {})
                 code = error.get("Code")
@@ -697,9 +704,8 @@ class DynamoDBDataLayer(BaseDataLayer):
 
     async def _put_versioned(self, operation: str, ids: Dict[str, Any], item: Dict[str, Any],
                              old: Optional[Dict[str, Any]], old_blobs: Dict[str, str], *, owner: Optional[str],
-                             thread_id: str, label: str, also: Iterable[Dict[str, Any]] = ()) -> None:
-        """Write `item` if nobody changed it since `old` was read (else raise Conflict).
-        `also`: further transaction items to commit atomically with it."""
+                             thread_id: str, label: str) -> None:
+        """Write `item` if nobody changed it since `old` was read (else raise Conflict)."""
         previous_rev = old.get(REV) if old else None
         item[REV] = int(previous_rev or 0) + 1
         stored, uploaded = await self._offload(item, owner, thread_id, label, old or {}, old_blobs)
@@ -712,12 +718,8 @@ class DynamoDBDataLayer(BaseDataLayer):
             condition = f"{expression.name(REV)} = {expression.value(previous_rev)}"
         put = {"TableName": self.table_name, "Item": serialize(stored), "ConditionExpression": condition,
                **expression.kwargs()}
-        extra = list(also)
         try:
-            if extra:
-                await self._transact([{"Put": put}, *extra], operation, ids)
-            else:
-                await self._call("put_item", operation, ids, **put)
+            await self._call("put_item", operation, ids, **put)
         except BaseException as exc:
             await self._delete_blobs(uploaded, f"{operation} (cleanup)")
             if isinstance(exc, DynamoDBError) and exc.is_conflict:
@@ -850,9 +852,9 @@ class DynamoDBDataLayer(BaseDataLayer):
 
         await self._retry_conflicts("update_thread", ids, attempt)
 
-    def _touch_thread(self, thread_id: str) -> Dict[str, Any]:
-        """Transaction item: mark the thread active now, creating it when a step arrives
-        before update_thread. Bumps `_rev` so a concurrent update_thread re-reads."""
+    async def _touch_thread(self, thread_id: str, operation: str, ids: Dict[str, Any]) -> None:
+        """Mark the thread active now, creating it when a step arrives before
+        update_thread. Bumps `_rev` so a concurrent update_thread re-reads."""
         now = utc_now()
         e = _Expression()
         zero, one = e.value(0), e.value(1)
@@ -864,12 +866,12 @@ class DynamoDBDataLayer(BaseDataLayer):
             f"{e.name('metadata')} = if_not_exists({e.name('metadata')}, {e.value({})}), "
             f"{e.name(REV)} = if_not_exists({e.name(REV)}, {zero}) + {one}"
         )
-        return {"Update": {"TableName": self.table_name, "Key": serialize(thread_key(thread_id)),
-                           "UpdateExpression": update, **e.kwargs()}}
+        await self._call("update_item", operation, ids, TableName=self.table_name,
+                         Key=serialize(thread_key(thread_id)), UpdateExpression=update, **e.kwargs())
 
-    def _locator_put(self, kind: str, item_id: str, thread_id: str) -> Dict[str, Any]:
-        return {"Put": {"TableName": self.table_name,
-                        "Item": serialize({**locator_key(kind, item_id), "threadId": thread_id})}}
+    async def _put_locator(self, kind: str, item_id: str, thread_id: str, operation: str, ids: Dict[str, Any]) -> None:
+        await self._call("put_item", operation, ids, TableName=self.table_name,
+                         Item=serialize({**locator_key(kind, item_id), "threadId": thread_id}))
 
     async def _locate(self, kind: str, item_id: str) -> Optional[str]:
         locator = await self._get(locator_key(kind, item_id), f"locate {kind.lower()}", {"id": item_id})
@@ -1086,14 +1088,17 @@ class DynamoDBDataLayer(BaseDataLayer):
         async def attempt():
             old = await self._get(key, operation, ids)
             old_blobs: Dict[str, str] = {}
-            also: List[Dict[str, Any]] = []
             if old is None:
                 item = {"name": "", "type": "undefined", "streaming": False, "disableFeedback": False,
                         **values, **key, "id": step_id, "threadId": thread_id,
                         "metadata": merge_changes({}, values.get("metadata"))}
-                # New step: the thread becomes active (or is created) and the step gets its
-                # locator, atomically with the step itself.
-                also = [self._touch_thread(thread_id), self._locator_put("STEP", step_id, thread_id)]
+                # New step: the thread becomes active (or is created), and the step gets
+                # its locator. Written before the step and not in one transaction (half
+                # the write cost): if the step write then fails, a touched thread or a
+                # locator without its step is harmless, while a step without its thread
+                # could not be.
+                await self._touch_thread(thread_id, operation, ids)
+                await self._put_locator("STEP", step_id, thread_id, operation, ids)
             else:
                 old, old_blobs = await self._hydrate(old)
                 item = dict(old)
@@ -1108,7 +1113,7 @@ class DynamoDBDataLayer(BaseDataLayer):
                 if item == old:
                     return
             await self._put_versioned(operation, ids, item, old, old_blobs, owner=current_user_identifier(),
-                                      thread_id=thread_id, label=f"step-{step_id}", also=also)
+                                      thread_id=thread_id, label=f"step-{step_id}")
 
         await self._retry_conflicts(operation, ids, attempt)
 
@@ -1352,10 +1357,9 @@ class DynamoDBDataLayer(BaseDataLayer):
             stored, uploaded = await self._offload({**values, **key}, owner, element.thread_id,
                                                    f"element-{element.id}", {}, {})
             try:
-                await self._transact([
-                    {"Put": {"TableName": self.table_name, "Item": serialize(stored)}},
-                    self._locator_put("ELEMENT", element.id, element.thread_id),
-                ], "create_element", ids)
+                # Locator first: if the element write then fails, a stray locator is harmless.
+                await self._put_locator("ELEMENT", element.id, element.thread_id, "create_element", ids)
+                await self._call("put_item", "create_element", ids, TableName=self.table_name, Item=serialize(stored))
             except BaseException:
                 await self._delete_blobs(uploaded, "create_element (cleanup)")
                 raise
