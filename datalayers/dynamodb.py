@@ -1303,6 +1303,8 @@ class DynamoDBDataLayer(BaseDataLayer):
     async def upsert_feedback(self, feedback: Feedback) -> str:
         if feedback.value not in (0, 1):
             raise ValueError(f"feedback value must be 0 or 1, got {feedback.value!r}")
+        if not feedback.forId:
+            raise ValueError("feedback needs forId (the rated step)")
         # The step decides the thread; a client-sent threadId is only a fallback (steps
         # written by Chainlit's layer have no locator).
         thread_id = await self._locate("STEP", feedback.forId) or feedback.threadId

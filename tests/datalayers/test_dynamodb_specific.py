@@ -195,7 +195,7 @@ def chainlit_layer(moto_endpoint, table):
     client.close()
 
 
-async def test_items_written_by_chainlits_layer_are_readable(layer, chainlit_layer):
+async def test_items_written_by_chainlits_layer_are_readable(layer, chainlit_layer, chainlit_context):
     identifier = f"legacy-{new_id()}"
     legacy_user = await chainlit_layer.create_user(User(identifier=identifier, metadata={"plan": "pro"}))
     thread_id = new_id()
@@ -241,6 +241,11 @@ async def test_items_written_by_chainlits_layer_are_readable(layer, chainlit_lay
     assert await layer.delete_feedback(legacy_feedback_id) is True
     page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id, feedback=0))
     assert page.data == []
+
+    # Chainlit's steps have no locator: delete_step finds them in the session's thread.
+    chainlit_context.thread_id = thread_id
+    await layer.delete_step(question["id"])
+    assert [s["id"] for s in (await layer.get_thread(thread_id))["steps"]] == [answer["id"]]
 
     await layer.delete_thread(thread_id)
     assert await layer.get_thread(thread_id) is None
@@ -430,6 +435,64 @@ async def test_aws_errors_carry_operation_and_ids(moto_endpoint):
             await layer.get_thread("abc")
     finally:
         await layer.close()
+
+
+async def test_requests_in_flight_are_bounded(moto_endpoint, table):
+    """Bounded fan-out is what keeps event-loop stalls short under many concurrent turns."""
+    in_flight = peak = 0
+
+    class Counting:
+        def __init__(self, real):
+            self._real = real
+
+        def __getattr__(self, name):
+            method = getattr(self._real, name)
+
+            async def call(**kwargs):
+                nonlocal in_flight, peak
+                in_flight += 1
+                peak = max(peak, in_flight)
+                try:
+                    await asyncio.sleep(0.002)  # let the other callers pile up
+                    return await method(**kwargs)
+                finally:
+                    in_flight -= 1
+
+            return call
+
+    async with aioboto3.Session().client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint) as real:
+        layer = DynamoDBDataLayer(table, storage=MemoryStorage(), client=Counting(real), verify_table=False,
+                                  max_concurrency=4)
+        user = await layer.create_user(User(identifier=f"fanout-{new_id()}"))
+        thread_id = await _thread(layer, user)
+        await asyncio.gather(*(layer.create_step(step(thread_id, createdAt=timestamp(i))) for i in range(30)))
+        assert peak == 4
+        assert len((await layer.get_thread(thread_id))["steps"]) == 30
+
+
+async def test_delete_step_and_element_find_their_thread_by_id(layer, raw, table):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user)
+    doomed, kept = step(thread_id), step(thread_id, createdAt=timestamp(5))
+    await layer.create_step(doomed)
+    await layer.create_step(kept)
+    attached = File(name="a.txt", content=b"a", thread_id=thread_id, for_id=doomed["id"], mime="text/plain")
+    loose = File(name="b.txt", content=b"b", thread_id=thread_id, for_id=kept["id"], mime="text/plain")
+    await layer.create_element(attached)
+    await layer.create_element(loose)
+    attached_key = (await layer.get_element(thread_id, attached.id))["objectKey"]
+
+    await layer.delete_step(doomed["id"])  # no thread id given: found through the locator
+    assert await raw_item(raw, table, f"STEP#{doomed['id']}", "LOCATOR") is None
+    assert await raw_item(raw, table, f"ELEMENT#{attached.id}", "LOCATOR") is None
+    assert attached_key not in layer.storage.objects
+    thread = await layer.get_thread(thread_id)
+    assert [s["id"] for s in thread["steps"]] == [kept["id"]]
+    assert [e["id"] for e in thread["elements"]] == [loose.id]
+
+    await layer.delete_element(loose.id)  # no thread id given
+    assert (await layer.get_thread(thread_id))["elements"] == []
+    assert await raw_item(raw, table, f"ELEMENT#{loose.id}", "LOCATOR") is None
 
 
 async def test_concurrent_ratings_keep_the_thread_counters_exact(layer, raw, table):
