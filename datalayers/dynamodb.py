@@ -118,6 +118,7 @@ THROTTLING_CODES = frozenset({
     "InternalServerError", "ServiceUnavailable",
 })
 CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+UNKNOWN_OUTCOME_CODES = frozenset({"InternalServerError", "ServiceUnavailable", "InternalFailure"})
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 CREDENTIAL_OPTIONS = frozenset({
     "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
@@ -137,6 +138,12 @@ class DynamoDBError(DataLayerError):
         super().__init__(message)
         self.code = code
         self.reasons = reasons
+
+    @property
+    def not_written(self) -> bool:
+        """DynamoDB answered and refused the request: nothing was written. (A timeout, a
+        lost connection or a 5xx leaves the outcome unknown.)"""
+        return self.code is not None and self.code not in UNKNOWN_OUTCOME_CODES
 
     @property
     def is_conflict(self) -> bool:
@@ -511,8 +518,12 @@ class DynamoDBDataLayer(BaseDataLayer):
                         description = (await self._client.describe_table(TableName=self.table_name))["Table"]
                         check_table_description(description)
                 except ClientError as exc:
-                    raise DynamoDBError(f"opening table {self.table_name!r} failed: {exc}",
-                                        exc.response.get("Error", {}).get("Code")) from exc
+                    code = exc.response.get("Error", {}).get("Code")
+                    hint = (" (create it: python -m datalayers.dynamodb provision --url ..., or "
+                            "DATABASE_AUTO_MIGRATE=true)") if code == "ResourceNotFoundException" else ""
+                    raise DynamoDBError(f"opening table {self.table_name!r} failed: {exc}{hint}", code) from exc
+                except BotoCoreError as exc:
+                    raise DynamoDBError(f"opening table {self.table_name!r} failed: {exc}") from exc
                 self._ready = True
         return self._client
 
@@ -716,17 +727,33 @@ class DynamoDBDataLayer(BaseDataLayer):
             condition = f"attribute_exists({expression.name('PK')}) AND attribute_not_exists({expression.name(REV)})"
         else:
             condition = f"{expression.name(REV)} = {expression.value(previous_rev)}"
-        put = {"TableName": self.table_name, "Item": serialize(stored), "ConditionExpression": condition,
-               **expression.kwargs()}
+        try:
+            put = {"TableName": self.table_name, "Item": serialize(stored), "ConditionExpression": condition,
+                   **expression.kwargs()}
+        except BaseException:
+            await self._delete_blobs(uploaded, f"{operation} (cleanup)")
+            raise
         try:
             await self._call("put_item", operation, ids, **put)
         except BaseException as exc:
-            await self._delete_blobs(uploaded, f"{operation} (cleanup)")
+            await self._forget_uploads(exc, uploaded, operation)
             if isinstance(exc, DynamoDBError) and exc.is_conflict:
                 raise Conflict() from exc
             raise
         kept = set(stored.get(BLOBS, {}).values())
         await self._delete_blobs([k for k in old_blobs.values() if k not in kept], operation)
+
+    async def _forget_uploads(self, exc: BaseException, uploaded: List[str], operation: str) -> None:
+        """After a failed item write: delete the blobs uploaded for it only when the item
+        was certainly not written. When the outcome is unknown (timeout, cancellation), the
+        item may point at them: an orphaned blob is better than a broken item."""
+        if not uploaded:
+            return
+        if isinstance(exc, DynamoDBError) and exc.not_written:
+            await self._delete_blobs(uploaded, f"{operation} (cleanup)")
+        else:
+            logger.warning("%s: write outcome unknown (%s); keeping %d new blob(s)", operation,
+                           type(exc).__name__, len(uploaded))
 
     async def _retry_conflicts(self, operation: str, ids: Dict[str, Any], attempt_once):
         """Run `attempt_once()` until it commits without a concurrent writer in between."""
@@ -1346,6 +1373,8 @@ class DynamoDBDataLayer(BaseDataLayer):
         ids = {"element_id": element.id, "thread_id": element.thread_id}
         owner = current_user_identifier() or await self.get_thread_author(element.thread_id) or None
         object_key = await upload_element(self.storage, element, owner)
+        stored: Dict[str, Any] = {}
+        writing = False
         try:
             values = {k: v for k, v in dict(element.to_dict()).items()
                       if v is not None and k not in INTERNAL_ATTRIBUTES and k != BLOBS}
@@ -1356,18 +1385,21 @@ class DynamoDBDataLayer(BaseDataLayer):
             key = element_key(element.thread_id, element.id)
             previous = await self._get(key, "create_element", ids, attributes=("objectKey", BLOBS))
             previous_blobs = (previous or {}).get(BLOBS) or {}
-            stored, uploaded = await self._offload({**values, **key}, owner, element.thread_id,
-                                                   f"element-{element.id}", {}, {})
-            try:
-                # Locator first: if the element write then fails, a stray locator is harmless.
-                await self._put_locator("ELEMENT", element.id, element.thread_id, "create_element", ids)
-                await self._call("put_item", "create_element", ids, TableName=self.table_name, Item=serialize(stored))
-            except BaseException:
-                await self._delete_blobs(uploaded, "create_element (cleanup)")
-                raise
-        except BaseException:
-            if object_key is not None:  # no item points at the new blob: do not leave it behind
-                await self._delete_blobs([object_key], "create_element (cleanup)")
+            stored, _ = await self._offload({**values, **key}, owner, element.thread_id,
+                                            f"element-{element.id}", {}, {})
+            item = serialize(stored)
+            # Locator first: if the element write then fails, a stray locator is harmless.
+            await self._put_locator("ELEMENT", element.id, element.thread_id, "create_element", ids)
+            writing = True
+            await self._call("put_item", "create_element", ids, TableName=self.table_name, Item=item)
+        except BaseException as exc:
+            # No item points at the new blobs (unless the write's outcome is unknown): do
+            # not leave them behind.
+            new_blobs = [k for k in (object_key, *stored.get(BLOBS, {}).values()) if k]
+            if writing:
+                await self._forget_uploads(exc, new_blobs, "create_element")
+            else:
+                await self._delete_blobs(new_blobs, "create_element (cleanup)")
             raise
         replaced = [k for k in previous_blobs.values()]
         if previous and previous.get("objectKey") and previous["objectKey"] != object_key:
@@ -1405,9 +1437,12 @@ class DynamoDBDataLayer(BaseDataLayer):
 async def _provision_command(url: str, template: Path) -> bool:
     options = parse_dynamodb_url(url)
     session = aioboto3.Session()
-    async with session.client("dynamodb", region_name=options["region"], endpoint_url=options["endpoint_url"],
-                              config=Config(retries={"mode": "standard", "max_attempts": 6})) as client:
-        return await provision_table(client, options["table"], template)
+    try:
+        async with session.client("dynamodb", region_name=options["region"], endpoint_url=options["endpoint_url"],
+                                  config=Config(retries={"mode": "standard", "max_attempts": 6})) as client:
+            return await provision_table(client, options["table"], template)
+    except BotoCoreError as exc:  # no credentials, no region, endpoint unreachable, waiter timeout
+        raise DynamoDBError(f"provision {options['table']!r}: {exc}") from exc
 
 
 def main(argv: Optional[List[str]] = None) -> int:

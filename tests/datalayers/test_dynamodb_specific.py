@@ -428,6 +428,33 @@ async def test_unprocessed_items_that_never_clear_are_an_error(faulty, monkeypat
     assert (await layer.get_thread(thread_id)) is not None  # nothing reported as deleted
 
 
+async def test_blobs_of_a_failed_write_are_removed_only_when_nothing_was_written(faulty):
+    layer, client = faulty
+    user = await layer.create_user(User(identifier=f"blobs-{new_id()}"))
+    thread_id = await _thread(layer, user)
+    big = step(thread_id, output="q" * 100_000)
+
+    def refused(kwargs):
+        raise ClientError({"Error": {"Code": "ValidationException", "Message": "no"}}, "PutItem")
+
+    def timed_out(kwargs):
+        from botocore.exceptions import ReadTimeoutError
+
+        raise ReadTimeoutError(endpoint_url="http://dynamodb")
+
+    before = set(layer.storage.objects)
+    client.faults["put_item"] = [lambda kwargs: None, refused]  # the locator passes, the step is refused
+    with pytest.raises(DynamoDBError, match="ValidationException"):
+        await layer.create_step(big)
+    assert set(layer.storage.objects) == before  # refused: nothing points at the blob
+
+    client.faults["put_item"] = [lambda kwargs: None, timed_out]
+    with pytest.raises(DynamoDBError, match="timeout"):
+        await layer.create_step(step(thread_id, output="r" * 100_000))
+    # Unknown outcome: the item may point at the new blob, so it stays.
+    assert len(set(layer.storage.objects) - before) == 1
+
+
 async def test_aws_errors_carry_operation_and_ids(moto_endpoint):
     layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, "no-such-table"), verify_table=False)
     try:
