@@ -386,7 +386,7 @@ def check_table_description(table: Dict[str, Any]) -> None:
         if missing:
             raise DynamoDBError(
                 f"index {INDEX_NAME!r} of table {table.get('TableName')!r} does not project {sorted(missing)}; "
-                "recreate the index as in cloudformation/dynamodb-table.json (README: upgrading a Chainlit table)"
+                "recreate the index: python -m datalayers.dynamodb upgrade --url dynamodb://TABLE?region=..."
             )
 
 
@@ -429,6 +429,99 @@ async def provision_table(client, table_name: str, template: Path = TEMPLATE_PAT
     except ClientError as exc:
         raise DynamoDBError(f"provision: configuring table {table_name!r} failed: {exc}") from exc
     return created
+
+
+async def _wait_for_index(client, table_name: str, present: bool, wait_seconds: int) -> None:
+    """Poll until the UserThread index is ACTIVE (present=True) or gone."""
+    for _ in range(max(1, wait_seconds // 5)):
+        indexes = (await client.describe_table(TableName=table_name))["Table"].get("GlobalSecondaryIndexes", [])
+        index = next((i for i in indexes if i["IndexName"] == INDEX_NAME), None)
+        if (index is None and not present) or (index is not None and present and index.get("IndexStatus") == "ACTIVE"):
+            return
+        await asyncio.sleep(5)
+    raise DynamoDBError(f"upgrade: index {INDEX_NAME!r} of {table_name!r} did not become "
+                        f"{'ACTIVE' if present else 'deleted'} within {wait_seconds}s")
+
+
+async def upgrade_table(client, table_name: str, template: Path = TEMPLATE_PATH,
+                        wait_seconds: int = 3600) -> Dict[str, int]:
+    """Make a table written by Chainlit's DynamoDB layer serve this one. Idempotent.
+
+    1. Recreate the UserThread index with the template's projection (DynamoDB cannot
+       change the projection of an existing index). The sidebar is empty while the new
+       index builds.
+    2. Count the feedback Chainlit's layer stored on steps into each thread's counters,
+       so the feedback filter finds those threads. This reads the whole table once (a
+       Scan, the only one in this module): run it once, off-peak.
+    """
+    properties = load_table_template(template)
+    wanted = next(i for i in properties["GlobalSecondaryIndexes"] if i["IndexName"] == INDEX_NAME)
+    recreated = 0
+    try:
+        table = (await client.describe_table(TableName=table_name))["Table"]
+        try:
+            check_table_description(table)
+        except DynamoDBError:
+            if any(i["IndexName"] == INDEX_NAME for i in table.get("GlobalSecondaryIndexes", [])):
+                logger.warning("upgrade: deleting index %s of %s to recreate it", INDEX_NAME, table_name)
+                await client.update_table(TableName=table_name,
+                                          GlobalSecondaryIndexUpdates=[{"Delete": {"IndexName": INDEX_NAME}}])
+                await _wait_for_index(client, table_name, present=False, wait_seconds=wait_seconds)
+            key_names = {k["AttributeName"] for k in wanted["KeySchema"]}
+            create = {k: v for k, v in wanted.items() if k in ("IndexName", "KeySchema", "Projection")}
+            if table.get("BillingModeSummary", {}).get("BillingMode") == "PROVISIONED":
+                create["ProvisionedThroughput"] = wanted.get("ProvisionedThroughput") or {
+                    "ReadCapacityUnits": 5, "WriteCapacityUnits": 5}
+            await client.update_table(
+                TableName=table_name,
+                AttributeDefinitions=[a for a in properties["AttributeDefinitions"] if a["AttributeName"] in key_names],
+                GlobalSecondaryIndexUpdates=[{"Create": create}],
+            )
+            await _wait_for_index(client, table_name, present=True, wait_seconds=wait_seconds)
+            recreated = 1
+
+        counted: set = set()
+        counts: Dict[str, Dict[int, int]] = {}
+        kwargs: Dict[str, Any] = {"TableName": table_name, "ProjectionExpression": "PK, SK, feedback, #up",
+                                  "ExpressionAttributeNames": {"#up": FEEDBACK_UP}}
+        while True:
+            page = await client.scan(**kwargs)
+            for raw in page.get("Items", []):
+                item = deserialize(raw)
+                thread_id = remove_prefix(item["PK"], "THREAD#")
+                if thread_id is None:
+                    continue
+                if item["SK"] == "THREAD" and FEEDBACK_UP in item:
+                    counted.add(thread_id)
+                feedback = item.get("feedback")
+                if remove_prefix(item["SK"], "STEP#") is not None and isinstance(feedback, dict) \
+                        and feedback.get("value") in (0, 1):
+                    counts.setdefault(thread_id, {0: 0, 1: 0})[int(feedback["value"])] += 1
+            if "LastEvaluatedKey" not in page:
+                break
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        updated = 0
+        for thread_id, values in counts.items():
+            if thread_id in counted:
+                continue
+            try:
+                await client.update_item(
+                    TableName=table_name, Key=serialize(thread_key(thread_id)),
+                    UpdateExpression="SET #up = :up, #down = :down",
+                    ConditionExpression="attribute_exists(PK) AND attribute_not_exists(#up)",
+                    ExpressionAttributeNames={"#up": FEEDBACK_UP, "#down": FEEDBACK_DOWN},
+                    ExpressionAttributeValues=serialize({":up": values[1], ":down": values[0]}),
+                )
+                updated += 1
+            except ClientError as exc:
+                # The thread is gone, or the running layer counted it meanwhile (it
+                # recounts from the steps itself): either way there is nothing to set.
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+                logger.info("upgrade: thread %s already counted or deleted", thread_id)
+    except ClientError as exc:
+        raise DynamoDBError(f"upgrade {table_name!r} failed: {exc}", exc.response.get("Error", {}).get("Code")) from exc
+    return {"index_recreated": recreated, "threads_counted": updated}
 
 
 # ---------------------------------------------------------------------- the layer
@@ -585,13 +678,15 @@ class DynamoDBDataLayer(BaseDataLayer):
 
     async def _partition(self, thread_id: str, operation: str, sk_prefix: Optional[str] = None,
                          attributes: Optional[Iterable[str]] = None,
-                         filter_expression: Optional[Callable[["_Expression"], str]] = None) -> List[Dict[str, Any]]:
-        """The items of one thread (strongly consistent), optionally of one kind and filtered."""
+                         filter_expression: Optional[Callable[["_Expression"], str]] = None,
+                         consistent: bool = True) -> List[Dict[str, Any]]:
+        """The items of one thread, optionally of one kind and filtered. Strongly consistent
+        unless told otherwise (search reads at half the cost; a second's lag is harmless there)."""
         expression = _Expression()
         condition = f"{expression.name('PK')} = {expression.value(f'THREAD#{thread_id}')}"
         if sk_prefix:
             condition += f" AND begins_with({expression.name('SK')}, {expression.value(sk_prefix)})"
-        kwargs: Dict[str, Any] = {"KeyConditionExpression": condition, "ConsistentRead": True}
+        kwargs: Dict[str, Any] = {"KeyConditionExpression": condition, "ConsistentRead": consistent}
         if attributes is not None:
             kwargs["ProjectionExpression"] = ", ".join(expression.name(a) for a in attributes)
         if filter_expression is not None:
@@ -1028,7 +1123,8 @@ class DynamoDBDataLayer(BaseDataLayer):
             return f"{e.name('type')} IN ({', '.join(e.value(t) for t in MESSAGE_TYPES)})"
 
         for item in await self._partition(thread_id, "list_threads search", "STEP#",
-                                          attributes=("output", BLOBS), filter_expression=only_messages):
+                                          attributes=("output", BLOBS), filter_expression=only_messages,
+                                          consistent=False):
             if "output" in (item.get(BLOBS) or {}):
                 item, _ = await self._hydrate(item)
             if term in str(item.get("output") or "").lower():
@@ -1434,36 +1530,46 @@ class DynamoDBDataLayer(BaseDataLayer):
 
 
 # ---------------------------------------------------------------------- command line
-async def _provision_command(url: str, template: Path) -> bool:
+async def _admin_command(command: str, url: str, template: Path):
     options = parse_dynamodb_url(url)
     session = aioboto3.Session()
+    work = provision_table if command == "provision" else upgrade_table
     try:
         async with session.client("dynamodb", region_name=options["region"], endpoint_url=options["endpoint_url"],
                                   config=Config(retries={"mode": "standard", "max_attempts": 6})) as client:
-            return await provision_table(client, options["table"], template)
+            return await work(client, options["table"], template)
     except BotoCoreError as exc:  # no credentials, no region, endpoint unreachable, waiter timeout
-        raise DynamoDBError(f"provision {options['table']!r}: {exc}") from exc
+        raise DynamoDBError(f"{command} {options['table']!r}: {exc}") from exc
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datalayers.dynamodb",
-                                     description="Provision the DynamoDB table of the DynamoDB data layer.")
+                                     description="Provision or upgrade the table of the DynamoDB data layer.")
     commands = parser.add_subparsers(dest="command", required=True)
-    provision = commands.add_parser("provision", help="create the table from the CloudFormation template "
-                                                      "(idempotent; waits until ACTIVE)")
-    provision.add_argument("--url", default=os.environ.get("DATABASE_URL"),
-                           help="dynamodb://TABLE?region=...&endpoint_url=... (default: $DATABASE_URL)")
-    provision.add_argument("--template", type=Path, default=TEMPLATE_PATH)
+    helps = {
+        "provision": "create the table from the CloudFormation template (idempotent; waits until ACTIVE)",
+        "upgrade": "make a table written by Chainlit's DynamoDB layer usable: recreate the UserThread index, "
+                   "count existing feedback (scans the table once)",
+    }
+    for name, text in helps.items():
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--url", default=os.environ.get("DATABASE_URL"),
+                             help="dynamodb://TABLE?region=...&endpoint_url=... (default: $DATABASE_URL)")
+        command.add_argument("--template", type=Path, default=TEMPLATE_PATH)
     args = parser.parse_args(argv)
     if not args.url:
         parser.error("--url (or DATABASE_URL) is required")
     try:
-        created = asyncio.run(_provision_command(args.url, args.template))
+        result = asyncio.run(_admin_command(args.command, args.url, args.template))
     except (ValueError, DataLayerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     table = parse_dynamodb_url(args.url)["table"]
-    print(f"table {table}: {'created' if created else 'already exists'}; ACTIVE")
+    if args.command == "provision":
+        print(f"table {table}: {'created' if result else 'already exists'}; ACTIVE")
+    else:
+        print(f"table {table}: index {'recreated' if result['index_recreated'] else 'already up to date'}; "
+              f"feedback counted on {result['threads_counted']} thread(s)")
     return 0
 
 

@@ -619,8 +619,44 @@ async def test_a_table_made_from_chainlits_template_is_refused_with_instructions
     )
     layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, name))
     try:
-        with pytest.raises(DynamoDBError, match="_feedbackDown.*recreate the index"):
+        with pytest.raises(DynamoDBError, match="_feedbackDown.*datalayers.dynamodb upgrade"):
             await layer.get_user("anyone")
+    finally:
+        await layer.close()
+
+
+async def test_upgrade_makes_a_chainlit_table_serve_this_layer(moto_endpoint, raw, chainlit_context):
+    from chainlit.data.dynamodb import DynamoDBDataLayer as ChainlitDynamoDBDataLayer
+
+    name = f"chainlit-{uuid.uuid4().hex[:8]}"
+    properties = dynamodb_module.load_table_template()
+    await raw.create_table(  # the seed's table, as Chainlit users have it
+        TableName=name, AttributeDefinitions=properties["AttributeDefinitions"], KeySchema=properties["KeySchema"],
+        BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[{**properties["GlobalSecondaryIndexes"][0],
+                                 "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name"]}}],
+    )
+    sync_client = boto3.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint)
+    theirs = ChainlitDynamoDBDataLayer(table_name=name, client=sync_client)
+    await theirs.create_user(User(identifier="old-timer"))
+    rated, plain = new_id(), new_id()
+    for thread_id in (rated, plain):
+        await theirs.update_thread(thread_id, name="old", user_id="old-timer")
+    message = step(rated)
+    await theirs.create_step(message)
+    await theirs.upsert_feedback(Feedback(forId=message["id"], threadId=rated, value=1))
+    sync_client.close()
+
+    url = url_for(moto_endpoint, name)
+    assert await asyncio.to_thread(main, ["upgrade", "--url", url]) == 0
+    assert await asyncio.to_thread(main, ["upgrade", "--url", url]) == 0  # idempotent
+    layer = DynamoDBDataLayer.from_url(url, storage=MemoryStorage())
+    try:
+        user = await layer.get_user("old-timer")
+        liked = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id, feedback=1))
+        assert [t["id"] for t in liked.data] == [rated]
+        listed = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+        assert sorted(t["id"] for t in listed.data) == sorted([rated, plain])
     finally:
         await layer.close()
 
