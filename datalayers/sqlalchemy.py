@@ -37,11 +37,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from . import migrations
 from .shared import (
+    MESSAGE_TYPES,
     STEP_FIELDS_NOT_STORED,
+    STEP_TIMESTAMPS,
+    DataLayerError,
     CursorCodec,
     child_logger,
     current_user_identifier,
+    fill_missing,
+    is_empty,
+    merge_changes,
     normalize_timestamp,
+    page_size,
     sign_element_urls,
     upload_element,
     utc_now,
@@ -58,18 +65,11 @@ logger = child_logger("SQLAlchemy")
 
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
            "mysql": "mysql+aiomysql", "mariadb": "mariadb+aiomysql"}
-MAX_PAGE_SIZE = 200
-MESSAGE_TYPES = ("user_message", "assistant_message")
-STEP_TIMESTAMPS = ("createdAt", "start", "end")
 STEP_JSON_MERGED = ("metadata",)
 ELEMENT_COLUMNS = frozenset(c.name for c in elements.columns) - {"extra"}
 STEP_COLUMNS = frozenset(c.name for c in steps.columns) - {"extra"}
 # MySQL/MariaDB deadlock and lock-wait codes: the transaction is safe to run again.
 MYSQL_RETRYABLE = {1213, 1205}
-
-
-class DataLayerError(RuntimeError):
-    """A database operation failed; the message says which one and on what ids."""
 
 
 def normalize_database_url(url: str) -> str:
@@ -104,28 +104,6 @@ def _show_input_to_db(value: Any) -> Optional[str]:
 
 def _show_input_from_db(value: Optional[str]) -> Any:
     return {"true": True, "false": False}.get(value, value) if value is not None else None
-
-
-def _merge(base: Optional[dict], changes: Optional[dict]) -> dict:
-    """`base` updated with `changes`, where a `None` value removes the key."""
-    merged = dict(base or {})
-    for key, value in (changes or {}).items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _fill(base: Optional[dict], additions: Optional[dict]) -> dict:
-    """`base` with keys from `additions` that it does not have yet (base wins)."""
-    merged = {k: v for k, v in (additions or {}).items() if v is not None}
-    merged.update(base or {})
-    return merged
-
-
-def _is_empty(value: Any) -> bool:
-    return value is None or value == ""
 
 
 class SQLAlchemyDataLayer(BaseDataLayer):
@@ -307,11 +285,11 @@ class SQLAlchemyDataLayer(BaseDataLayer):
                 now = utc_now()
                 await conn.execute(
                     insert(threads).values(id=thread_id, createdAt=now, updatedAt=now,
-                                           metadata=_merge({}, metadata), **values)
+                                           metadata=merge_changes({}, metadata), **values)
                 )
                 return
             if metadata is not None:
-                values["metadata"] = _merge(row.metadata, metadata)
+                values["metadata"] = merge_changes(row.metadata, metadata)
             if values:
                 await conn.execute(update(threads).where(threads.c.id == thread_id).values(**values))
 
@@ -344,10 +322,7 @@ class SQLAlchemyDataLayer(BaseDataLayer):
         await self._delete_blobs(keys, "delete_thread")
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
-        first = pagination.first
-        if not isinstance(first, int) or first < 1:
-            raise ValueError(f"pagination.first must be a positive integer, got {first!r}")
-        first = min(first, MAX_PAGE_SIZE)
+        first = page_size(pagination.first)
         owner = filters.userId or ""
         query = select(
             threads.c.id, threads.c.createdAt, threads.c.updatedAt, threads.c.name, threads.c.userId,
@@ -484,7 +459,7 @@ class SQLAlchemyDataLayer(BaseDataLayer):
                 row_values = {"name": "", "type": "undefined", "streaming": False, "disableFeedback": False,
                               "metadata": {}, **values, "extra": extra or None}
                 if "metadata" in values:
-                    row_values["metadata"] = _merge({}, values["metadata"])
+                    row_values["metadata"] = merge_changes({}, values["metadata"])
                 await conn.execute(insert(steps).values(**row_values))
                 return
             changes: Dict[str, Any] = {}
@@ -493,14 +468,14 @@ class SQLAlchemyDataLayer(BaseDataLayer):
                     continue
                 current = getattr(row, key)
                 if key in STEP_JSON_MERGED:
-                    merged = _merge(current, value) if overwrite else _fill(current, value)
+                    merged = merge_changes(current, value) if overwrite else fill_missing(current, value)
                     if merged != current:
                         changes[key] = merged
-                elif overwrite or _is_empty(current):
+                elif overwrite or is_empty(current):
                     if value != current:
                         changes[key] = value
             if extra:
-                merged_extra = _merge(row.extra, extra) if overwrite else _fill(row.extra, extra)
+                merged_extra = merge_changes(row.extra, extra) if overwrite else fill_missing(row.extra, extra)
                 if merged_extra != row.extra:
                     changes["extra"] = merged_extra
             if changes:
