@@ -88,22 +88,22 @@ class ThrowawayDatabases:
             run_sync(_admin(self.admin_url, drop.format(name)))
 
 
-@pytest.fixture(scope="session")
-def postgres_databases():
-    if not port_open(POSTGRES_ADMIN_URL):
-        unavailable(f"PostgreSQL is not reachable at {urlsplit(POSTGRES_ADMIN_URL).netloc}")
-    dbs = ThrowawayDatabases(POSTGRES_ADMIN_URL)
+def _throwaway_databases(admin_url: str, server: str):
+    if not port_open(admin_url):
+        unavailable(f"{server} is not reachable at {urlsplit(admin_url).netloc}")
+    dbs = ThrowawayDatabases(admin_url)
     yield dbs
     dbs.drop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases():
+    yield from _throwaway_databases(POSTGRES_ADMIN_URL, "PostgreSQL")
 
 
 @pytest.fixture(scope="session")
 def mysql_databases():
-    if not port_open(MYSQL_ADMIN_URL):
-        unavailable(f"MariaDB/MySQL is not reachable at {urlsplit(MYSQL_ADMIN_URL).netloc}")
-    dbs = ThrowawayDatabases(MYSQL_ADMIN_URL)
-    yield dbs
-    dbs.drop_all()
+    yield from _throwaway_databases(MYSQL_ADMIN_URL, "MariaDB/MySQL")
 
 
 SQL_BACKENDS = ["sqlite", "postgresql", "mariadb"]
