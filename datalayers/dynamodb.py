@@ -25,6 +25,11 @@ Extensions and why (each fixes a failure of Chainlit's layer, design.md §3):
 * Locator items make lookups by a bare id (what Chainlit passes to delete_step,
   delete_element, list_threads' userId) strongly consistent, without a second index.
 
+Search matches thread names from the index; a thread whose name does not match costs one
+Query of its message steps (reads are paid at search time rather than by copying every
+message into the thread item and the index on every write). No Scan anywhere, except in
+the one-off `upgrade` command for tables written by Chainlit's layer.
+
 Nothing blocks the event loop; every AWS error is raised as `DynamoDBError` with the
 operation and ids; throttling is retried by botocore ("adaptive" mode) and again here,
 unprocessed batch items with exponential backoff.
