@@ -154,9 +154,7 @@ def child_logger(name: str):
 
 
 # ---------------------------------------------------------------------- write semantics
-# Backend-neutral rules of the contract (design.md §2). datalayers/sqlalchemy.py still has
-# private copies (`_merge`, `_fill`, `_is_empty`, `DataLayerError`, ...); they are the same
-# rules and can be replaced by these imports.
+# Backend-neutral rules of the contract (design.md §2), used by every data layer.
 
 MAX_PAGE_SIZE = 200
 MESSAGE_TYPES = ("user_message", "assistant_message")
