@@ -323,13 +323,14 @@ class SQLAlchemyDataLayer(BaseDataLayer):
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         first = page_size(pagination.first)
-        owner = filters.userId or ""
+        if not filters.userId:  # Chainlit always sends it; without it we would list everyone's
+            raise ValueError("list_threads needs filters.userId")
+        owner = filters.userId
         query = select(
             threads.c.id, threads.c.createdAt, threads.c.updatedAt, threads.c.name, threads.c.userId,
             threads.c.userIdentifier, threads.c.tags, threads.c.metadata,
         )
-        if filters.userId is not None:
-            query = query.where(threads.c.userId == filters.userId)
+        query = query.where(threads.c.userId == filters.userId)
         if pagination.cursor:
             position = self.cursors.decode(owner, pagination.cursor)
             updated, last_id = position.get("u"), position.get("i")
@@ -537,11 +538,10 @@ class SQLAlchemyDataLayer(BaseDataLayer):
             raise ValueError(f"feedback value must be 0 or 1, got {feedback.value!r}")
 
         async def work(conn: AsyncConnection):
-            # The step decides the thread; a client-sent threadId is only a fallback.
+            # The step decides the thread; a client-sent threadId is never trusted.
             thread_id = (await conn.execute(select(steps.c.threadId).where(steps.c.id == feedback.forId))).scalar()
-            thread_id = thread_id or feedback.threadId
-            if thread_id is None:
-                raise ValueError(f"feedback for unknown step {feedback.forId!r} and no threadId")
+            if thread_id is None:  # a rating needs its message: no orphan feedback rows
+                raise ValueError(f"feedback for unknown step {feedback.forId!r}")
             await self._check_feedback_owner(conn, thread_id)
             feedback_id = feedback.id
             if feedback_id is None:  # one rating per message: reuse the existing row

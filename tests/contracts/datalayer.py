@@ -334,6 +334,12 @@ class DataLayerContract:
             request_user.reset(token)
         assert (await datalayer.get_thread(thread_id))["steps"][0]["feedback"]["value"] == 1
 
+    async def test_feedback_for_an_unknown_step_is_refused(self, datalayer, user):
+        thread_id = await self.new_thread(datalayer, user)
+        with pytest.raises(ValueError):
+            await datalayer.upsert_feedback(Feedback(forId=new_id(), threadId=thread_id, value=1))
+        assert thread_id not in await self.list_all(datalayer, user, feedback=1)
+
     async def test_feedback_value_must_be_0_or_1(self, datalayer, user):
         thread_id = await self.new_thread(datalayer, user)
         message = step(thread_id)
@@ -501,6 +507,11 @@ class DataLayerContract:
         page = await datalayer.list_threads(Pagination(first=3), ThreadFilter(userId=user.id, search="MATCH", feedback=1))
         assert len(page.data) == 3 and page.pageInfo.hasNextPage
         assert sorted(await self.list_all(datalayer, user, page_size=3, search="match", feedback=1)) == sorted(wanted)
+
+    async def test_listing_needs_a_user(self, datalayer, user):
+        await self.new_thread(datalayer, user)
+        with pytest.raises(ValueError):
+            await datalayer.list_threads(Pagination(first=5), ThreadFilter())
 
     async def test_page_size_must_be_positive(self, datalayer, user):
         with pytest.raises(ValueError):
