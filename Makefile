@@ -31,6 +31,7 @@ test: setup browser
 
 bench: setup
 	$(BIN)/python -m benchmarks.sidebar
+	$(BIN)/python -m benchmarks.dynamodb
 
 ddl: setup
 	$(BIN)/python -m datalayers.sql_schema --write
