@@ -25,10 +25,15 @@ Extensions and why (each fixes a failure of Chainlit's layer, design.md §3):
 * Locator items make lookups by a bare id (what Chainlit passes to delete_step,
   delete_element, list_threads' userId) strongly consistent, without a second index.
 
-Search matches thread names from the index; a thread whose name does not match costs one
-Query of its message steps (reads are paid at search time rather than by copying every
-message into the thread item and the index on every write). No Scan anywhere, except in
-the one-off `upgrade` command for tables written by Chainlit's layer.
+* `_text` on the thread: a search digest, the lowercased outputs of its user/assistant
+  messages (a list, appended in the thread write a new step already makes; capped at
+  TEXT_LIMIT, then `_textTruncated`). Never moved to blob storage, never in the index.
+
+Search matches thread names from the index, then the digests of the other threads, read
+with BatchGetItem (100 threads a request). Only a thread without a complete digest (written
+by Chainlit's layer or before digests existed, or truncated) and without a match in it costs
+one Query of its message steps. No Scan anywhere, except in the one-off `upgrade` command
+for tables written by Chainlit's layer.
 
 Nothing blocks the event loop; every AWS error is raised as `DynamoDBError` with the
 operation and ids; throttling is retried by botocore ("adaptive" mode) and again here,
@@ -97,9 +102,17 @@ INDEX_NAME = "UserThread"
 INDEX_ATTRIBUTES = ("id", "name", "_feedbackUp", "_feedbackDown")
 
 REV, BLOBS, FEEDBACK_UP, FEEDBACK_DOWN = "_rev", "_blobs", "_feedbackUp", "_feedbackDown"
+#: The thread's search digest (see `_append_text`): lowercased message outputs, their size
+#: in bytes, whether appending stopped at the cap, and when the digest started.
+TEXT, TEXT_BYTES, TEXT_TRUNCATED, TEXT_SINCE = "_text", "_textBytes", "_textTruncated", "_textSince"
+DIGEST_ATTRIBUTES = frozenset({TEXT, TEXT_BYTES, TEXT_TRUNCATED, TEXT_SINCE})
+#: Cap of the digest (UTF-8 bytes of its entries). It is rewritten with the thread item on
+#: every new message, so it costs write units: about one per KB it holds.
+TEXT_LIMIT = 24 * 1024
 KEY_ATTRIBUTES = frozenset({"PK", "SK", "UserThreadPK", "UserThreadSK"})
 #: Never part of a returned dict.
-INTERNAL_ATTRIBUTES = KEY_ATTRIBUTES | {REV, BLOBS, FEEDBACK_UP, FEEDBACK_DOWN, "updatedAt", "expiresAt"}
+INTERNAL_ATTRIBUTES = KEY_ATTRIBUTES | DIGEST_ATTRIBUTES | {
+    REV, BLOBS, FEEDBACK_UP, FEEDBACK_DOWN, "updatedAt", "expiresAt"}
 #: Small attributes that stay in the item when large ones move to blob storage (keys,
 #: what indexes and filters read, what identifies the item).
 PINNED_ATTRIBUTES = INTERNAL_ATTRIBUTES | {
@@ -577,6 +590,9 @@ class DynamoDBDataLayer(BaseDataLayer):
         # user id -> identifier never changes once written; caching it saves a read per
         # sidebar page.
         self._identifiers: "OrderedDict[str, str]" = OrderedDict()
+        # Threads whose digest is known to be truncated: their next messages skip the
+        # append (and its failed conditional write).
+        self._truncated: "OrderedDict[str, None]" = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, *, storage=None, auto_migrate: bool = False, **kwargs) -> "DynamoDBDataLayer":
@@ -766,7 +782,10 @@ class DynamoDBDataLayer(BaseDataLayer):
         fresh keys, so a concurrent writer can never overwrite the blob of a committed item.
         """
         stored = {k: v for k, v in item.items() if v is not None and k != BLOBS}
-        total = item_size(stored)
+        # The search digest has its own cap (TEXT_LIMIT) and never moves: it does not
+        # count toward the inline limit, so it cannot push other attributes out either.
+        digest = item_size({k: v for k, v in stored.items() if k in DIGEST_ATTRIBUTES})
+        total = item_size(stored) - digest
         if total <= self.inline_limit:
             return stored, []
         sizes = {k: len(k.encode()) + _value_size(v) for k, v in stored.items() if k not in PINNED_ATTRIBUTES}
@@ -781,9 +800,9 @@ class DynamoDBDataLayer(BaseDataLayer):
                 blobs[attribute] = previous_blobs[attribute]
             else:
                 moves.append((attribute, value))
-        if total > MAX_ITEM_BYTES - 16 * 1024:
+        if total + digest > MAX_ITEM_BYTES - 16 * 1024:
             raise ValueError(f"{label} of thread {thread_id!r} is too large for DynamoDB even without its "
-                             f"large attributes ({total} bytes)")
+                             f"large attributes ({total + digest} bytes)")
         if moves and self.storage is None:
             raise RuntimeError(f"{label} of thread {thread_id!r} exceeds {self.inline_limit} bytes and no "
                                "storage client is configured to hold its large attributes")
@@ -959,7 +978,8 @@ class DynamoDBDataLayer(BaseDataLayer):
                 now = utc_now()
                 item: Dict[str, Any] = {**thread_key(thread_id), "id": thread_id, "createdAt": now, "updatedAt": now,
                                         "UserThreadSK": activity_sort_key(now, thread_id),
-                                        "metadata": merge_changes({}, metadata)}
+                                        "metadata": merge_changes({}, metadata),
+                                        TEXT: [], TEXT_BYTES: 0, TEXT_SINCE: now}
             else:
                 old, old_blobs = await self._hydrate(old)
                 item = dict(old)
@@ -979,22 +999,99 @@ class DynamoDBDataLayer(BaseDataLayer):
 
         await self._retry_conflicts("update_thread", ids, attempt)
 
-    async def _touch_thread(self, thread_id: str, operation: str, ids: Dict[str, Any]) -> None:
+    async def _touch_thread(self, thread_id: str, operation: str, ids: Dict[str, Any],
+                            text: Optional[str] = None) -> None:
         """Mark the thread active now, creating it when a step arrives before
-        update_thread. Bumps `_rev` so a concurrent update_thread re-reads."""
+        update_thread, and append `text` (a new message) to its search digest in the same
+        write. Bumps `_rev` so a concurrent update_thread re-reads."""
         now = utc_now()
+
+        def touch(e: _Expression) -> str:
+            # `_textSince` equals `createdAt` only when the digest started with the thread
+            # (both set here from the same value, or by update_thread): a thread written by
+            # Chainlit's layer or before digests existed gets a later one, and search does
+            # not trust its digest to be complete.
+            zero, one = e.value(0), e.value(1)
+            return (
+                f"SET {e.name('updatedAt')} = {e.value(now)}, "
+                f"{e.name('UserThreadSK')} = {e.value(activity_sort_key(now, thread_id))}, "
+                f"{e.name('id')} = if_not_exists({e.name('id')}, {e.value(thread_id)}), "
+                f"{e.name('createdAt')} = if_not_exists({e.name('createdAt')}, {e.value(now)}), "
+                f"{e.name(TEXT_SINCE)} = if_not_exists({e.name(TEXT_SINCE)}, {e.value(now)}), "
+                f"{e.name('metadata')} = if_not_exists({e.name('metadata')}, {e.value({})}), "
+                f"{e.name(REV)} = if_not_exists({e.name(REV)}, {zero}) + {one}"
+            )
+
+        request = {"TableName": self.table_name, "Key": serialize(thread_key(thread_id))}
         e = _Expression()
-        zero, one = e.value(0), e.value(1)
-        update = (
-            f"SET {e.name('updatedAt')} = {e.value(now)}, "
-            f"{e.name('UserThreadSK')} = {e.value(activity_sort_key(now, thread_id))}, "
-            f"{e.name('id')} = if_not_exists({e.name('id')}, {e.value(thread_id)}), "
-            f"{e.name('createdAt')} = if_not_exists({e.name('createdAt')}, {e.value(now)}), "
-            f"{e.name('metadata')} = if_not_exists({e.name('metadata')}, {e.value({})}), "
-            f"{e.name(REV)} = if_not_exists({e.name(REV)}, {zero}) + {one}"
-        )
-        await self._call("update_item", operation, ids, TableName=self.table_name,
-                         Key=serialize(thread_key(thread_id)), UpdateExpression=update, **e.kwargs())
+        update = touch(e)
+        if text is not None:
+            appended = None if thread_id in self._truncated else self._digest_append(e, text)
+            if appended is not None:
+                set_text, add_bytes, condition = appended
+                try:
+                    await self._call("update_item", operation, ids, **request, ConditionExpression=condition,
+                                     UpdateExpression=f"{update}, {set_text} {add_bytes}", **e.kwargs())
+                    return
+                except DynamoDBError as exc:
+                    if exc.code != "ConditionalCheckFailedException":
+                        raise
+            # Over the cap: stop appending; search reads this thread's messages instead.
+            self._remember_truncated(thread_id)
+            e = _Expression()
+            update = f"{touch(e)}, {e.name(TEXT_TRUNCATED)} = {e.value(True)}"
+        await self._call("update_item", operation, ids, **request, UpdateExpression=update, **e.kwargs())
+
+    @staticmethod
+    def _digest_append(e: _Expression, text: str) -> Optional[Tuple[str, str, str]]:
+        """The SET and ADD clauses appending `text` to the digest, and the condition that
+        keeps it under TEXT_LIMIT and stops at truncation; None when it cannot fit."""
+        size = len(text.encode("utf-8"))
+        if size > TEXT_LIMIT:
+            return None
+        # DynamoDB cannot concatenate strings in an update: the digest is a list.
+        set_text = f"{e.name(TEXT)} = list_append(if_not_exists({e.name(TEXT)}, {e.value([])}), {e.value([text])})"
+        add_bytes = f"ADD {e.name(TEXT_BYTES)} {e.value(size)}"
+        condition = (f"(attribute_not_exists({e.name(TEXT_BYTES)}) OR {e.name(TEXT_BYTES)} <= "
+                     f"{e.value(TEXT_LIMIT - size)}) AND attribute_not_exists({e.name(TEXT_TRUNCATED)})")
+        return set_text, add_bytes, condition
+
+    def _remember_truncated(self, thread_id: str) -> None:
+        self._truncated[thread_id] = None
+        self._truncated.move_to_end(thread_id)
+        while len(self._truncated) > 10_000:
+            self._truncated.popitem(last=False)
+
+    async def _append_text(self, thread_id: str, text: str, operation: str, ids: Dict[str, Any]) -> None:
+        """Append a changed message output to the thread's digest (an update_step that
+        rewrites a message; a new step does it in `_touch_thread`). The previous text stays:
+        a search may also match words edited away. Bumps `_rev` like every thread write, so
+        a concurrent update_thread re-reads instead of writing back the digest it read."""
+        e = _Expression()
+        rev = f"{e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"
+        exists = f"attribute_exists({e.name('PK')})"
+        appended = None if thread_id in self._truncated else self._digest_append(e, text)
+        request = {"TableName": self.table_name, "Key": serialize(thread_key(thread_id))}
+        if appended is not None:
+            set_text, add_bytes, condition = appended
+            try:
+                await self._call("update_item", operation, ids, **request,
+                                 UpdateExpression=f"SET {rev}, {set_text} {add_bytes}",
+                                 ConditionExpression=f"{exists} AND {condition}", **e.kwargs())
+                return
+            except DynamoDBError as exc:
+                if exc.code != "ConditionalCheckFailedException":
+                    raise
+        self._remember_truncated(thread_id)
+        e = _Expression()
+        try:
+            await self._call("update_item", operation, ids, **request,
+                             UpdateExpression=(f"SET {e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + "
+                                               f"{e.value(1)}, {e.name(TEXT_TRUNCATED)} = {e.value(True)}"),
+                             ConditionExpression=f"attribute_exists({e.name('PK')})", **e.kwargs())
+        except DynamoDBError as exc:
+            if exc.code != "ConditionalCheckFailedException":  # the thread is gone: nothing to mark
+                raise
 
     async def _put_locator(self, kind: str, item_id: str, thread_id: str, operation: str, ids: Dict[str, Any]) -> None:
         await self._call("put_item", operation, ids, TableName=self.table_name,
@@ -1110,13 +1207,30 @@ class DynamoDBDataLayer(BaseDataLayer):
 
     async def _search_filter(self, batch: List[Dict[str, Any]], term: str) -> List[Dict[str, Any]]:
         """The threads of `batch` whose name or a user/assistant message contains `term`
-        (case-insensitive, literal). Names are checked from the index; messages with one
-        query per remaining thread, run concurrently."""
+        (case-insensitive, literal). Names are checked from the index; messages from the
+        threads' digests, read with BatchGetItem; a thread without a complete digest and
+        no match in it costs one query of its messages, run concurrently.
+
+        The digest keeps the text of edited and deleted messages (it is only appended
+        to), so a search may also find a thread by words no longer in it."""
         semaphore = asyncio.Semaphore(16)
+        unnamed = [item["id"] for item in batch if term not in str(item.get("name") or "").lower()]
+        digests: Dict[str, Dict[str, Any]] = {}
+        if unnamed:
+            for digest in await self._batch_get([thread_key(t) for t in unnamed], "list_threads search",
+                                                ("PK", "createdAt", TEXT, TEXT_TRUNCATED, TEXT_SINCE)):
+                digests[remove_prefix(digest["PK"], "THREAD#")] = digest
 
         async def matches(item: Dict[str, Any]) -> bool:
             if term in str(item.get("name") or "").lower():
                 return True
+            digest = digests.get(item["id"]) or {}  # none: deleted since the index query, or not yet readable
+            if any(term in str(text) for text in digest.get(TEXT) or ()):
+                return True
+            complete = (TEXT in digest and not digest.get(TEXT_TRUNCATED)
+                        and digest.get(TEXT_SINCE) is not None and digest.get(TEXT_SINCE) == digest.get("createdAt"))
+            if complete:
+                return False
             async with semaphore:
                 return await self._messages_contain(item["id"], term)
 
@@ -1212,6 +1326,7 @@ class DynamoDBDataLayer(BaseDataLayer):
         operation = "update_step" if overwrite else "create_step"
         ids = {"step_id": step_id, "thread_id": thread_id}
         key = step_key(thread_id, step_id)
+        digested: set = set()  # texts this call put in the digest (a retry does not repeat them)
 
         async def attempt():
             old = await self._get(key, operation, ids)
@@ -1220,12 +1335,15 @@ class DynamoDBDataLayer(BaseDataLayer):
                 item = {"name": "", "type": "undefined", "streaming": False, "disableFeedback": False,
                         **values, **key, "id": step_id, "threadId": thread_id,
                         "metadata": merge_changes({}, values.get("metadata"))}
-                # New step: the thread becomes active (or is created), and the step gets
-                # its locator. Written before the step and not in one transaction (half
-                # the write cost): if the step write then fails, a touched thread or a
-                # locator without its step is harmless, while a step without its thread
-                # could not be.
-                await self._touch_thread(thread_id, operation, ids)
+                # New step: the thread becomes active (or is created), its digest gets the
+                # message's text, and the step gets its locator. Written before the step and
+                # not in one transaction (half the write cost): if the step write then
+                # fails, a touched thread (or a digest that may match one message too many)
+                # or a locator without its step is harmless, while a step without its
+                # thread could not be.
+                text = self._digest_text(item)
+                await self._touch_thread(thread_id, operation, ids, None if text in digested else text)
+                digested.add(text)
                 await self._put_locator("STEP", step_id, thread_id, operation, ids)
             else:
                 old, old_blobs = await self._hydrate(old)
@@ -1240,10 +1358,25 @@ class DynamoDBDataLayer(BaseDataLayer):
                         item[name] = value
                 if item == old:
                     return
+                # A message's output is new or changed: append it to the digest before
+                # the step write, for the same reason as above.
+                text = self._digest_text(item)
+                if text is not None and text != self._digest_text(old) and text not in digested:
+                    await self._append_text(thread_id, text, operation, ids)
+                    digested.add(text)
             await self._put_versioned(operation, ids, item, old, old_blobs, owner=current_user_identifier(),
                                       thread_id=thread_id, label=f"step-{step_id}")
 
         await self._retry_conflicts(operation, ids, attempt)
+
+    @staticmethod
+    def _digest_text(step: Dict[str, Any]) -> Optional[str]:
+        """What a step adds to its thread's search digest: the lowercased output of a
+        user/assistant message, or None."""
+        output = step.get("output")
+        if step.get("type") not in MESSAGE_TYPES or output is None or output == "":
+            return None
+        return str(output).lower()
 
     @queue_until_user_message()
     async def create_step(self, step_dict: "StepDict"):

@@ -33,7 +33,8 @@ from tests.contracts.datalayer import new_id, step, timestamp
 from tests.datalayers.test_dynamodb_contract import atomic_moto_dynamodb  # noqa: F401  (fixture)
 
 REGION = "us-east-1"
-INTERNAL = {"PK", "SK", "UserThreadPK", "UserThreadSK", "_rev", "_blobs", "_feedbackUp", "_feedbackDown"}
+INTERNAL = {"PK", "SK", "UserThreadPK", "UserThreadSK", "_rev", "_blobs", "_feedbackUp", "_feedbackDown",
+            "_text", "_textBytes", "_textTruncated", "_textSince"}
 
 
 def url_for(endpoint: str, table: str) -> str:
@@ -495,6 +496,128 @@ async def test_requests_in_flight_are_bounded(moto_endpoint, table):
         await asyncio.gather(*(layer.create_step(step(thread_id, createdAt=timestamp(i))) for i in range(30)))
         assert peak == 4
         assert len((await layer.get_thread(thread_id))["steps"]) == 30
+
+
+# ---------------------------------------------------------------------- search digest
+async def _chat(layer, thread_id, question, answer):
+    """One exchange as Chainlit writes it: the question, then the answer streamed (created
+    empty, then updated with its text)."""
+    await layer.create_step(step(thread_id, type="user_message", output=question))
+    reply = step(thread_id, type="assistant_message", output="")
+    await layer.create_step(reply)
+    await layer.update_step({**reply, "output": answer})
+
+
+async def _search(layer, user, term, first=20):
+    page = await layer.list_threads(Pagination(first=first), ThreadFilter(userId=user.id, search=term))
+    return [t["id"] for t in page.data]
+
+
+async def test_search_reads_digests_instead_of_one_query_per_thread(faulty, raw, table):
+    layer, client = faulty
+    user = await layer.create_user(User(identifier=f"digest-{new_id()}"))
+    threads = []
+    for i in range(12):
+        thread_id = await _thread(layer, user, name=f"chat {i}")
+        await _chat(layer, thread_id, f"question {i}", f"answer {i}")
+        threads.append(thread_id)
+    await _chat(layer, threads[3], "and then?", "The Haystack had a NEEDLE in it")  # streamed answer
+    await _chat(layer, threads[8], "Where is my Needle?", "no idea")                 # the question
+    renamed = threads[10]
+    await layer.update_thread(renamed, name="needle by name")
+
+    client.calls.clear()
+    found = await _search(layer, user, "nEEdle")
+    assert sorted(found) == sorted([threads[3], threads[8], renamed])
+    assert client.calls.get("query") == 1, client.calls  # the index page; no Query per thread
+    assert client.calls.get("batch_get_item", 0) >= 1
+
+    stored = await raw_item(raw, table, f"THREAD#{threads[3]}", "THREAD")
+    assert "the haystack had a needle in it" in stored["_text"] and "answer 3" in stored["_text"]
+    assert stored["_textBytes"] == sum(len(t.encode()) for t in stored["_text"])
+    assert stored["_textSince"] == stored["createdAt"] and "_textTruncated" not in stored
+    assert await _search(layer, user, "no such word") == []
+
+    # The digest is internal: never in what the layer returns.
+    thread = await layer.get_thread(threads[3])
+    assert_no_internal(thread)
+    page = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user.id))
+    assert_no_internal(page.data)
+    assert_no_internal(await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user.id, search="needle")))
+
+
+async def test_a_step_arriving_before_update_thread_starts_a_complete_digest(faulty):
+    layer, client = faulty
+    user = await layer.create_user(User(identifier=f"digest-{new_id()}"))
+    thread_id = new_id()
+    await layer.create_step(step(thread_id, type="user_message", output="Early NEEDLE"))
+    await layer.update_thread(thread_id, name="late", user_id=user.id)
+    other = await _thread(layer, user, name="other")
+    await _chat(layer, other, "hello", "world")
+    client.calls.clear()
+    assert await _search(layer, user, "needle") == [thread_id]
+    assert client.calls.get("query") == 1, client.calls
+
+
+async def test_search_falls_back_to_messages_for_threads_without_a_digest(faulty, raw, table, chainlit_layer,
+                                                                           chainlit_context):
+    layer, client = faulty
+    identifier = f"legacy-{new_id()}"
+    legacy_user = await chainlit_layer.create_user(User(identifier=identifier))
+    legacy = new_id()
+    await chainlit_layer.update_thread(legacy, name="Legacy", user_id=legacy_user.id)
+    await chainlit_layer.create_step(step(legacy, type="user_message", output="an old NEEDLE", createdAt=timestamp(1)))
+    user = await layer.get_user(identifier)
+    ours = await _thread(layer, user, name="ours")
+    await _chat(layer, ours, "hello", "world")
+
+    client.calls.clear()
+    assert await _search(layer, user, "needle") == [legacy]
+    assert client.calls.get("query") == 2, client.calls  # the index, and the legacy thread only
+
+    # A new message through our layer does not make the legacy digest look complete:
+    # the old message is still found.
+    await layer.create_step(step(legacy, type="assistant_message", output="a new reply"))
+    stored = await raw_item(raw, table, f"THREAD#{legacy}", "THREAD")
+    assert stored["_text"] == ["a new reply"] and stored["_textSince"] != stored["createdAt"]
+    assert await _search(layer, user, "needle") == [legacy]
+    assert sorted(await _search(layer, user, "new reply")) == [legacy]
+
+
+async def test_a_full_digest_is_truncated_and_search_reads_the_messages(faulty, raw, table, monkeypatch):
+    layer, client = faulty
+    monkeypatch.setattr(dynamodb_module, "TEXT_LIMIT", 100)
+    user = await layer.create_user(User(identifier=f"digest-{new_id()}"))
+    thread_id = await _thread(layer, user, name="long")
+    await _chat(layer, thread_id, "a" * 40, "b" * 40)
+    await _chat(layer, thread_id, "the NEEDLE comes late", "c" * 10)
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert stored["_textTruncated"] is True and stored["_textBytes"] <= 100
+    assert all("needle" not in t for t in stored["_text"])
+    big = await _thread(layer, user, name="big")
+    await layer.create_step(step(big, type="assistant_message", output="needle " + "x" * 200))
+    assert (await raw_item(raw, table, f"THREAD#{big}", "THREAD"))["_textTruncated"] is True
+
+    client.calls.clear()
+    assert sorted(await _search(layer, user, "needle")) == sorted([thread_id, big])
+    assert client.calls.get("query") == 3, client.calls  # the index, then the two truncated threads
+    assert_no_internal(await layer.get_thread(thread_id))
+
+
+async def test_the_digest_never_moves_to_blobs(moto_endpoint, table, raw):
+    layer = DynamoDBDataLayer(table, region=REGION, endpoint_url=moto_endpoint, storage=MemoryStorage(),
+                              inline_limit=8 * 1024)
+    try:
+        user = await layer.create_user(User(identifier=f"digest-{new_id()}"))
+        thread_id = await _thread(layer, user, name="big digest", metadata={"small": 1})
+        for i in range(4):
+            await layer.create_step(step(thread_id, type="user_message", output=f"message {i} " + "z" * 3000))
+        await layer.update_thread(thread_id, metadata={"more": 2})
+        stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+        assert len(stored["_text"]) == 4 and not stored.get(BLOBS)  # 12 KB digest, nothing moved
+        assert (await layer.get_thread(thread_id))["metadata"] == {"small": 1, "more": 2}
+    finally:
+        await layer.close()
 
 
 async def test_delete_step_and_element_find_their_thread_by_id(layer, raw, table):
