@@ -1022,25 +1022,53 @@ class DynamoDBDataLayer(BaseDataLayer):
                 f"{e.name(REV)} = if_not_exists({e.name(REV)}, {zero}) + {one}"
             )
 
+        await self._write_thread(thread_id, operation, ids, touch, text, must_exist=False)
+
+    async def _append_text(self, thread_id: str, text: str, operation: str, ids: Dict[str, Any]) -> None:
+        """Append a changed message output to the thread's digest (an update_step that
+        rewrites a message; a new step does it in `_touch_thread`). The previous text stays:
+        a search may also match words edited away. Bumps `_rev` like every thread write, so
+        a concurrent update_thread re-reads instead of writing back the digest it read."""
+
+        def rev(e: _Expression) -> str:
+            return f"SET {e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"
+
+        await self._write_thread(thread_id, operation, ids, rev, text, must_exist=True)
+
+    async def _write_thread(self, thread_id: str, operation: str, ids: Dict[str, Any],
+                            update: Callable[["_Expression"], str], text: Optional[str], must_exist: bool) -> None:
+        """One update of the thread item: `update` (a SET clause), with `text` appended to
+        the search digest when it fits under TEXT_LIMIT. When it does not, or the digest is
+        already truncated, the same update marks the digest truncated instead (search then
+        reads this thread's messages). `must_exist`: never create the thread item; nothing
+        is written when it is gone."""
         request = {"TableName": self.table_name, "Key": serialize(thread_key(thread_id))}
-        e = _Expression()
-        update = touch(e)
-        if text is not None:
-            appended = None if thread_id in self._truncated else self._digest_append(e, text)
+        if text is not None and thread_id not in self._truncated:
+            e = _Expression()
+            appended = self._digest_append(e, text)
             if appended is not None:
                 set_text, add_bytes, condition = appended
+                if must_exist:
+                    condition = f"attribute_exists({e.name('PK')}) AND {condition}"
                 try:
                     await self._call("update_item", operation, ids, **request, ConditionExpression=condition,
-                                     UpdateExpression=f"{update}, {set_text} {add_bytes}", **e.kwargs())
+                                     UpdateExpression=f"{update(e)}, {set_text} {add_bytes}", **e.kwargs())
                     return
                 except DynamoDBError as exc:
                     if exc.code != "ConditionalCheckFailedException":
                         raise
-            # Over the cap: stop appending; search reads this thread's messages instead.
+        e = _Expression()
+        expression = update(e)
+        if text is not None:
             self._remember_truncated(thread_id)
-            e = _Expression()
-            update = f"{touch(e)}, {e.name(TEXT_TRUNCATED)} = {e.value(True)}"
-        await self._call("update_item", operation, ids, **request, UpdateExpression=update, **e.kwargs())
+            expression += f", {e.name(TEXT_TRUNCATED)} = {e.value(True)}"
+        if must_exist:
+            request["ConditionExpression"] = f"attribute_exists({e.name('PK')})"
+        try:
+            await self._call("update_item", operation, ids, **request, UpdateExpression=expression, **e.kwargs())
+        except DynamoDBError as exc:
+            if not (must_exist and exc.code == "ConditionalCheckFailedException"):  # gone: nothing to mark
+                raise
 
     @staticmethod
     def _digest_append(e: _Expression, text: str) -> Optional[Tuple[str, str, str]]:
@@ -1061,37 +1089,6 @@ class DynamoDBDataLayer(BaseDataLayer):
         self._truncated.move_to_end(thread_id)
         while len(self._truncated) > 10_000:
             self._truncated.popitem(last=False)
-
-    async def _append_text(self, thread_id: str, text: str, operation: str, ids: Dict[str, Any]) -> None:
-        """Append a changed message output to the thread's digest (an update_step that
-        rewrites a message; a new step does it in `_touch_thread`). The previous text stays:
-        a search may also match words edited away. Bumps `_rev` like every thread write, so
-        a concurrent update_thread re-reads instead of writing back the digest it read."""
-        e = _Expression()
-        rev = f"{e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"
-        exists = f"attribute_exists({e.name('PK')})"
-        appended = None if thread_id in self._truncated else self._digest_append(e, text)
-        request = {"TableName": self.table_name, "Key": serialize(thread_key(thread_id))}
-        if appended is not None:
-            set_text, add_bytes, condition = appended
-            try:
-                await self._call("update_item", operation, ids, **request,
-                                 UpdateExpression=f"SET {rev}, {set_text} {add_bytes}",
-                                 ConditionExpression=f"{exists} AND {condition}", **e.kwargs())
-                return
-            except DynamoDBError as exc:
-                if exc.code != "ConditionalCheckFailedException":
-                    raise
-        self._remember_truncated(thread_id)
-        e = _Expression()
-        try:
-            await self._call("update_item", operation, ids, **request,
-                             UpdateExpression=(f"SET {e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + "
-                                               f"{e.value(1)}, {e.name(TEXT_TRUNCATED)} = {e.value(True)}"),
-                             ConditionExpression=f"attribute_exists({e.name('PK')})", **e.kwargs())
-        except DynamoDBError as exc:
-            if exc.code != "ConditionalCheckFailedException":  # the thread is gone: nothing to mark
-                raise
 
     async def _put_locator(self, kind: str, item_id: str, thread_id: str, operation: str, ids: Dict[str, Any]) -> None:
         await self._call("put_item", operation, ids, TableName=self.table_name,

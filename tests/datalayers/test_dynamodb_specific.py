@@ -604,6 +604,16 @@ async def test_a_full_digest_is_truncated_and_search_reads_the_messages(faulty, 
     assert_no_internal(await layer.get_thread(thread_id))
 
 
+async def test_appending_to_the_digest_never_creates_a_thread_item(layer, raw, table):
+    user = await new_user(layer)
+    thread_id = await _thread(layer, user)
+    reply = step(thread_id, type="assistant_message", output="")
+    await layer.create_step(reply)
+    await raw.delete_item(TableName=table, Key=serialize({"PK": f"THREAD#{thread_id}", "SK": "THREAD"}))
+    await layer.update_step({**reply, "output": "late text"})
+    assert await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD") is None
+
+
 async def test_the_digest_never_moves_to_blobs(moto_endpoint, table, raw):
     layer = DynamoDBDataLayer(table, region=REGION, endpoint_url=moto_endpoint, storage=MemoryStorage(),
                               inline_limit=8 * 1024)
