@@ -76,6 +76,7 @@ from .shared import (
     STEP_TIMESTAMPS,
     CursorCodec,
     DataLayerError,
+    check_feedback_owner,
     child_logger,
     current_user_identifier,
     fill_missing,
@@ -86,6 +87,7 @@ from .shared import (
     sign_element_urls,
     upload_element,
     utc_now,
+    with_step_defaults,
 )
 
 if TYPE_CHECKING:
@@ -1306,10 +1308,7 @@ class DynamoDBDataLayer(BaseDataLayer):
             data["feedback"] = {"id": feedback.get("id"), "forId": feedback.get("forId", data.get("id")),
                                 "threadId": feedback.get("threadId"), "value": int(feedback["value"]),
                                 "comment": feedback.get("comment")}
-        data.setdefault("metadata", {})
-        data.setdefault("input", "")
-        data.setdefault("output", "")
-        return data  # type: ignore[return-value]
+        return with_step_defaults(data)  # type: ignore[return-value]
 
     async def _upsert_step(self, step_dict: "StepDict", overwrite: bool) -> None:
         step_id, thread_id = step_dict.get("id"), step_dict.get("threadId")
@@ -1515,15 +1514,6 @@ class DynamoDBDataLayer(BaseDataLayer):
         return {"Update": {"TableName": self.table_name, "Key": serialize(thread_key(thread_id)),
                            "UpdateExpression": update, "ConditionExpression": condition, **e.kwargs()}}
 
-    async def _check_feedback_owner(self, thread_id: str) -> None:
-        """Refuse feedback on another user's thread (Chainlit's routes do not check)."""
-        actor = current_user_identifier()
-        if actor is None:
-            return
-        author = await self.get_thread_author(thread_id)
-        if author and author != actor:
-            raise PermissionError(f"user {actor!r} may not rate messages in thread {thread_id!r}")
-
     async def _set_feedback(self, thread_id: str, step_id: str, feedback: Optional[Dict[str, Any]],
                             operation: str) -> bool:
         """Set (or with None remove) a step's feedback and the thread's counters in one
@@ -1568,7 +1558,7 @@ class DynamoDBDataLayer(BaseDataLayer):
         thread_id = await self._locate("STEP", feedback.forId) or feedback.threadId
         if not thread_id:
             raise ValueError(f"feedback for unknown step {feedback.forId!r} and no threadId")
-        await self._check_feedback_owner(thread_id)
+        await check_feedback_owner(thread_id, lambda: self.get_thread_author(thread_id))
         feedback_id = feedback_id_for(thread_id, feedback.forId)
         stored = {"id": feedback_id, "forId": feedback.forId, "threadId": thread_id,
                   "value": int(feedback.value), "comment": feedback.comment}
@@ -1585,7 +1575,7 @@ class DynamoDBDataLayer(BaseDataLayer):
                                attributes=("feedback",))
         if not step or not step.get("feedback"):
             return False
-        await self._check_feedback_owner(thread_id)
+        await check_feedback_owner(thread_id, lambda: self.get_thread_author(thread_id))
         return await self._set_feedback(thread_id, step_id, None, "delete_feedback")
 
     # ------------------------------------------------------------------ elements

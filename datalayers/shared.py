@@ -70,6 +70,27 @@ def current_user_identifier() -> Optional[str]:
     return getattr(user, "identifier", None) if user else None
 
 
+async def check_feedback_owner(thread_id: str, author_of) -> None:
+    """Refuse feedback on another user's thread (Chainlit's /feedback routes do not check).
+
+    `author_of()` is the layer's async lookup of the thread author; it is only awaited when
+    the acting user is known."""
+    actor = current_user_identifier()
+    if actor is None:
+        return
+    author = await author_of()
+    if author and author != actor:
+        raise PermissionError(f"user {actor!r} may not rate messages in thread {thread_id!r}")
+
+
+def with_step_defaults(data: dict) -> dict:
+    """A stored step as Chainlit's frontend expects it: metadata, input and output present."""
+    data.setdefault("metadata", {})
+    data.setdefault("input", "")
+    data.setdefault("output", "")
+    return data
+
+
 class CursorCodec:
     """Opaque, signed page cursors.
 

@@ -42,6 +42,7 @@ from .shared import (
     STEP_TIMESTAMPS,
     DataLayerError,
     CursorCodec,
+    check_feedback_owner,
     child_logger,
     current_user_identifier,
     fill_missing,
@@ -52,6 +53,7 @@ from .shared import (
     sign_element_urls,
     upload_element,
     utc_now,
+    with_step_defaults,
 )
 from .sql_schema import elements, feedbacks, steps, threads, users
 
@@ -104,6 +106,11 @@ def _show_input_to_db(value: Any) -> Optional[str]:
 
 def _show_input_from_db(value: Optional[str]) -> Any:
     return {"true": True, "false": False}.get(value, value) if value is not None else None
+
+
+# The thread's author: the identifier stored on the thread, else its user's (older rows).
+AUTHOR = func.coalesce(threads.c.userIdentifier, users.c.identifier)
+THREAD_WITH_USER = threads.outerjoin(users, users.c.id == threads.c.userId)
 
 
 class SQLAlchemyDataLayer(BaseDataLayer):
@@ -252,12 +259,7 @@ class SQLAlchemyDataLayer(BaseDataLayer):
     # ------------------------------------------------------------------ threads
     async def get_thread_author(self, thread_id: str) -> str:
         async def work(conn: AsyncConnection):
-            query = (
-                select(func.coalesce(threads.c.userIdentifier, users.c.identifier))
-                .select_from(threads.outerjoin(users, users.c.id == threads.c.userId))
-                .where(threads.c.id == thread_id)
-            )
-            return (await conn.execute(query)).scalar() or ""
+            return await self._author(conn, thread_id) or ""
 
         return await self._run("get_thread_author", work, thread_id=thread_id)
 
@@ -381,8 +383,8 @@ class SQLAlchemyDataLayer(BaseDataLayer):
     async def get_thread(self, thread_id: str) -> Optional[ThreadDict]:
         async def work(conn: AsyncConnection):
             thread_query = (
-                select(threads, func.coalesce(threads.c.userIdentifier, users.c.identifier).label("author"))
-                .select_from(threads.outerjoin(users, users.c.id == threads.c.userId))
+                select(threads, AUTHOR.label("author"))
+                .select_from(THREAD_WITH_USER)
                 .where(threads.c.id == thread_id)
             )
             thread = (await conn.execute(thread_query)).first()
@@ -442,10 +444,7 @@ class SQLAlchemyDataLayer(BaseDataLayer):
         data.update({k: v for k, v in (row.extra or {}).items() if k not in data})
         if "showInput" in data:
             data["showInput"] = _show_input_from_db(data["showInput"])
-        data.setdefault("metadata", {})
-        data.setdefault("input", "")
-        data.setdefault("output", "")
-        return data  # type: ignore[return-value]
+        return with_step_defaults(data)  # type: ignore[return-value]
 
     async def _upsert_step(self, step_dict: "StepDict", overwrite: bool) -> None:
         step_id, thread_id = step_dict.get("id"), step_dict.get("threadId")
@@ -520,18 +519,10 @@ class SQLAlchemyDataLayer(BaseDataLayer):
         return [self._step_dict(row) for row in await self._run("get_favorite_steps", work, user_id=user_id)]
 
     # ------------------------------------------------------------------ feedback
-    async def _check_feedback_owner(self, conn: AsyncConnection, thread_id: Optional[str]) -> None:
-        """Refuse feedback on another user's thread (Chainlit's routes do not check)."""
-        actor = current_user_identifier()
-        if actor is None or thread_id is None:
-            return
-        author = (await conn.execute(
-            select(func.coalesce(threads.c.userIdentifier, users.c.identifier))
-            .select_from(threads.outerjoin(users, users.c.id == threads.c.userId))
-            .where(threads.c.id == thread_id)
-        )).scalar()
-        if author and author != actor:
-            raise PermissionError(f"user {actor!r} may not rate messages in thread {thread_id!r}")
+    @staticmethod
+    async def _author(conn: AsyncConnection, thread_id: str) -> Optional[str]:
+        query = select(AUTHOR).select_from(THREAD_WITH_USER).where(threads.c.id == thread_id)
+        return (await conn.execute(query)).scalar()
 
     async def upsert_feedback(self, feedback: Feedback) -> str:
         if feedback.value not in (0, 1):
@@ -542,7 +533,7 @@ class SQLAlchemyDataLayer(BaseDataLayer):
             thread_id = (await conn.execute(select(steps.c.threadId).where(steps.c.id == feedback.forId))).scalar()
             if thread_id is None:  # a rating needs its message: no orphan feedback rows
                 raise ValueError(f"feedback for unknown step {feedback.forId!r}")
-            await self._check_feedback_owner(conn, thread_id)
+            await check_feedback_owner(thread_id, lambda: self._author(conn, thread_id))
             feedback_id = feedback.id
             if feedback_id is None:  # one rating per message: reuse the existing row
                 feedback_id = (await conn.execute(
@@ -565,7 +556,7 @@ class SQLAlchemyDataLayer(BaseDataLayer):
             thread_id = (await conn.execute(select(feedbacks.c.threadId).where(feedbacks.c.id == feedback_id))).scalar()
             if thread_id is None:
                 return False
-            await self._check_feedback_owner(conn, thread_id)
+            await check_feedback_owner(thread_id, lambda: self._author(conn, thread_id))
             await conn.execute(delete(feedbacks).where(feedbacks.c.id == feedback_id))
             return True
 
