@@ -309,19 +309,31 @@ class SQLAlchemyDataLayer(BaseDataLayer):
             return
         await conn.execute(insert(threads).values(id=thread_id, createdAt=now, updatedAt=now, metadata={}))
 
-    async def delete_thread(self, thread_id: str):
+    async def _delete_rows_and_blobs(self, operation: str, element_filter, deletes, **ids) -> None:
+        """Delete rows in one transaction, then the blobs of the elements they held (after
+        the commit: a failed blob delete leaves an orphan blob, never a dangling row)."""
+
         async def work(conn: AsyncConnection):
             keys = (await conn.execute(
-                select(elements.c.objectKey).where(elements.c.threadId == thread_id, elements.c.objectKey.is_not(None))
+                select(elements.c.objectKey).where(element_filter, elements.c.objectKey.is_not(None))
             )).scalars().all()
-            await conn.execute(delete(feedbacks).where(feedbacks.c.threadId == thread_id))
-            await conn.execute(delete(elements).where(elements.c.threadId == thread_id))
-            await conn.execute(delete(steps).where(steps.c.threadId == thread_id))
-            await conn.execute(delete(threads).where(threads.c.id == thread_id))
+            for statement in deletes:
+                await conn.execute(statement)
             return list(keys)
 
-        keys = await self._run("delete_thread", work, thread_id=thread_id)
-        await self._delete_blobs(keys, "delete_thread")
+        keys = await self._run(operation, work, **ids)
+        await self._delete_blobs(keys, operation)
+
+    async def delete_thread(self, thread_id: str):
+        await self._delete_rows_and_blobs(
+            "delete_thread",
+            elements.c.threadId == thread_id,
+            [delete(feedbacks).where(feedbacks.c.threadId == thread_id),
+             delete(elements).where(elements.c.threadId == thread_id),
+             delete(steps).where(steps.c.threadId == thread_id),
+             delete(threads).where(threads.c.id == thread_id)],
+            thread_id=thread_id,
+        )
 
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         first = page_size(pagination.first)
@@ -494,17 +506,14 @@ class SQLAlchemyDataLayer(BaseDataLayer):
 
     @queue_until_user_message()
     async def delete_step(self, step_id: str):
-        async def work(conn: AsyncConnection):
-            keys = (await conn.execute(
-                select(elements.c.objectKey).where(elements.c.forId == step_id, elements.c.objectKey.is_not(None))
-            )).scalars().all()
-            await conn.execute(delete(feedbacks).where(feedbacks.c.forId == step_id))
-            await conn.execute(delete(elements).where(elements.c.forId == step_id))
-            await conn.execute(delete(steps).where(steps.c.id == step_id))
-            return list(keys)
-
-        keys = await self._run("delete_step", work, step_id=step_id)
-        await self._delete_blobs(keys, "delete_step")
+        await self._delete_rows_and_blobs(
+            "delete_step",
+            elements.c.forId == step_id,
+            [delete(feedbacks).where(feedbacks.c.forId == step_id),
+             delete(elements).where(elements.c.forId == step_id),
+             delete(steps).where(steps.c.id == step_id)],
+            step_id=step_id,
+        )
 
     async def get_favorite_steps(self, user_id: str) -> List["StepDict"]:
         async def work(conn: AsyncConnection):
