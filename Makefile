@@ -34,4 +34,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.dynamodb
 
 ddl: setup
-	$(BIN)/python -m datalayers.sql_schema --write
+	$(BIN)/python -m datalayers.sqlalchemy.schema --write

@@ -19,7 +19,7 @@ from chat import load_chat_config
 from chat.providers import build_provider
 from chat.service import ChatService
 from chat.users import UserStore
-from datalayers.shared import request_user
+from datalayers.actor import request_user
 from settings import load_settings
 
 settings = load_settings()  # also exports a generated CHAINLIT_AUTH_SECRET when unset

@@ -1,4 +1,4 @@
--- Schema of chainlit-persist for mysql, generated from datalayers/sql_schema.py
+-- Schema of chainlit-persist for mysql, generated from datalayers/sqlalchemy/schema.py
 -- by `make ddl`. The Alembic migrations produce exactly this (tests/datalayers/test_migrations.py).
 -- Prefer `python -m datalayers.migrations upgrade`: it also records the revision.
 

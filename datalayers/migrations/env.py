@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from datalayers.sql_schema import metadata
+from datalayers.sqlalchemy.schema import metadata
 
 config = context.config
 
@@ -23,7 +23,7 @@ def run_online() -> None:
     if connection is not None:
         run_on_connection(connection)
         return
-    from datalayers.sqlalchemy import normalize_database_url
+    from datalayers.sqlalchemy.url import normalize_database_url
     from settings import load_settings
 
     url = normalize_database_url(load_settings(export_secret=False).database_url)

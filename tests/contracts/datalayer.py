@@ -18,7 +18,7 @@ from chainlit.element import File, Image, Text
 from chainlit.types import Feedback, Pagination, ThreadFilter
 from chainlit.user import User
 
-from datalayers.shared import request_user
+from datalayers.actor import request_user
 from storage.base import ObjectNotFound
 
 
@@ -127,6 +127,44 @@ class DataLayerContract:
         assert thread["tags"] == ["t"]
         assert thread["userIdentifier"] == user.identifier
         assert thread["createdAt"] == before["createdAt"]
+
+    async def test_update_thread_renames_from_metadata_name(self, datalayer, user):
+        # Apps keep the name in the user session, which Chainlit saves as thread metadata;
+        # Chainlit's own SQL layers rename the thread from it.
+        thread_id = await self.new_thread(datalayer, user, name="First message")
+        await datalayer.update_thread(thread_id, metadata={"name": "Chosen title", "other": 1})
+        thread = await datalayer.get_thread(thread_id)
+        assert thread["name"] == "Chosen title"
+        assert thread["metadata"]["other"] == 1
+        await datalayer.update_thread(thread_id, name="Explicit", metadata={"name": "ignored"})
+        assert (await datalayer.get_thread(thread_id))["name"] == "Explicit"
+
+    async def test_a_step_creating_its_thread_gives_it_the_acting_user(self, datalayer, user):
+        thread_id = new_id()
+        token = request_user.set(user.identifier)
+        try:
+            await datalayer.create_step(step(thread_id, type="user_message", output="hi"))
+        finally:
+            request_user.reset(token)
+        assert await datalayer.get_thread_author(thread_id) == user.identifier
+        assert thread_id in await self.list_all(datalayer, user)
+        # Chainlit's thread setup arriving later names it and never changes the owner.
+        other = await datalayer.create_user(User(identifier=f"other-{new_id()}"))
+        await datalayer.update_thread(thread_id, name="hi", user_id=other.id)
+        thread = await datalayer.get_thread(thread_id)
+        assert thread["userIdentifier"] == user.identifier and thread["name"] == "hi"
+        assert thread_id not in await self.list_all(datalayer, other)
+
+    async def test_an_ownerless_thread_gets_its_owner_from_the_next_step(self, datalayer, user):
+        thread_id = new_id()
+        await datalayer.create_step(step(thread_id, type="user_message", output="no session user"))
+        assert await datalayer.get_thread_author(thread_id) == ""
+        token = request_user.set(user.identifier)
+        try:
+            await datalayer.create_step(step(thread_id, output="reply", createdAt=timestamp(3)))
+        finally:
+            request_user.reset(token)
+        assert await datalayer.get_thread_author(thread_id) == user.identifier
 
     async def test_update_thread_with_large_metadata(self, datalayer, user):
         session = {"history": ["x" * 1000 for _ in range(300)]}  # ~300 KB, like a persisted user session
@@ -479,10 +517,13 @@ class DataLayerContract:
         assert await self.list_all(datalayer, user, search="snake_case") == [underscore]
         assert await self.list_all(datalayer, user, search="%") == [percent]
 
-    async def test_search_does_not_match_tool_steps(self, datalayer, user):
+    async def test_search_matches_any_step_the_user_sees(self, datalayer, user):
+        # As in Chainlit's own layers: a tool step's output is shown, so it is searchable.
         thread_id = await self.new_thread(datalayer, user, name="plain")
-        await datalayer.create_step(step(thread_id, type="tool", output="secret-tool-output"))
-        assert await self.list_all(datalayer, user, search="secret-tool-output") == []
+        await datalayer.create_step(step(thread_id, type="tool", output="Weather-Tool-Output"))
+        assert await self.list_all(datalayer, user, search="weather-tool-output") == [thread_id]
+        await datalayer.update_step(step(thread_id, type="tool", output="renamed result"))
+        assert await self.list_all(datalayer, user, search="renamed RESULT") == [thread_id]
 
     async def test_feedback_filter_both_values(self, datalayer, user):
         liked, disliked, unrated = [await self.new_thread(datalayer, user) for _ in range(3)]

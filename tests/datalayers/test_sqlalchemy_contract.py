@@ -45,7 +45,7 @@ async def test_sql_errors_do_not_leak_message_text(sql_url_factory):
     secret_text = "my-private-diary-entry"
     with pytest.raises(DataLayerError) as info:
         # name is NOT NULL: an explicit None bypasses our defaults only via a raw insert
-        from datalayers.sql_schema import steps
+        from datalayers.sqlalchemy.schema import steps
 
         async with layer._transaction("raw_insert") as conn:
             await conn.execute(steps.insert().values(id="x", threadId="t", name=None, type="t",
