@@ -25,17 +25,46 @@ from settings import load_settings
 settings = load_settings()  # also exports a generated CHAINLIT_AUTH_SECRET when unset
 storage = settings.build_storage()
 storage.mount(fastapi_app)
+persistence = settings.build_data_layer(storage=storage)
 users = UserStore.from_env(settings.data_dir)
 users.ensure_default_admin(settings.data_dir, os.environ.get("APP_ADMIN_PASSWORD", ""))
 chat_config = load_chat_config()
-service = ChatService(chat_config, build_provider(chat_config), storage)
+service = ChatService(chat_config, build_provider(chat_config), storage, persistence)
 logger.info("chat provider: %s, model %s; %r", service.provider.label, chat_config.model, settings)
 
 
 @cl.data_layer
 def data_layer():
     # Always registered: otherwise Chainlit would see DATABASE_URL and start its own layer.
-    return settings.build_data_layer(storage=storage)
+    return persistence
+
+
+@cl.on_app_startup
+async def on_app_startup():
+    # Writes a previous run left in the journal (a crash, a shutdown during an outage) are
+    # applied now, not when some user next happens to touch the data layer.
+    if hasattr(persistence, "start"):
+        await persistence.start()
+
+
+async def health(request):
+    """Liveness plus the write backlog: `degraded` while database writes are failing (they
+    are kept in the journal and retried), with how many are pending and for how long."""
+    from starlette.responses import JSONResponse
+
+    journal = persistence.status() if hasattr(persistence, "status") else {}
+    state = "degraded" if journal.get("degraded") else "ok"
+    return JSONResponse({"status": state, "journal": journal}, headers={"Cache-Control": "no-store"})
+
+
+def mount_health(app) -> None:
+    from starlette.routing import Route
+
+    # At the front: Chainlit's single-page app has a catch-all GET route.
+    app.router.routes.insert(0, Route("/health", health, methods=["GET"], name="health"))
+
+
+mount_health(fastapi_app)
 
 
 # ---- login ---------------------------------------------------------------------------
@@ -120,6 +149,8 @@ async def on_message(message: cl.Message):
 async def on_app_shutdown():
     await service.wait_background()  # let pending thread titles be saved
     await service.provider.aclose()
+    # Apply what is pending (bounded); anything left stays in the journal for the next start.
+    await persistence.close()
 
 
 @cl.on_shared_thread_view

@@ -132,19 +132,26 @@ class Settings:
     auto_migrate: bool = True
     data_layer_class: str | None = None
     storage_class: str | None = None
+    journal_path: Path | None = None
+    journal_sync: str = "FULL"
 
     def __repr__(self) -> str:  # never print passwords or secrets
         return (
             f"Settings(data_dir={str(self.data_dir)!r}, database_url={redact_url(self.database_url)!r}, "
             f"storage_url={redact_url(self.storage_url)!r}, "
             f"auto_migrate={self.auto_migrate}, data_layer_class={self.data_layer_class!r}, "
-            f"storage_class={self.storage_class!r})"
+            f"storage_class={self.storage_class!r}, journal_path={str(self.journal_path)!r})"
         )
 
     @property
     def storage_secret(self) -> bytes:
         """Key for the local client's signed URLs, derived so it differs from the auth secret."""
         return hmac.new(self.auth_secret.encode(), b"storage-url-signing", hashlib.sha256).digest()
+
+    @property
+    def cursor_secret(self) -> bytes:
+        """Key for the sidebar's page cursors: stable across restarts and app instances."""
+        return hmac.new(self.auth_secret.encode(), b"page-cursor-signing", hashlib.sha256).digest()
 
     def build_storage(self):
         from storage import STORAGE_SCHEMES
@@ -165,10 +172,20 @@ class Settings:
             if self.data_layer_class
             else resolve_backend(self.database_url, DATA_LAYER_SCHEMES, "database")
         )
+        from datalayers.base import PersistentDataLayer
+        from datalayers.journal import WriteJournal
+
+        options: dict[str, Any] = {}
+        if isinstance(cls, type) and issubclass(cls, PersistentDataLayer):
+            # Our layers (and subclasses of them) journal their writes and sign cursors
+            # with a secret that outlives the process; a foreign class gets the plain call.
+            options = {"cursor_secret": self.cursor_secret,
+                       "journal": WriteJournal(self.journal_path, synchronous=self.journal_sync)}
         return cls.from_url(
             self.database_url,
             storage=storage if storage is not None else self.build_storage(),
             auto_migrate=self.auto_migrate,
+            **options,
         )
 
 
@@ -189,6 +206,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, 
     database_url = env.get("DATABASE_URL") or f"sqlite+aiosqlite:///{data_dir / 'chainlit.db'}"
     storage_url = env.get("STORAGE_URL") or (data_dir / "files").as_uri()
     auth_secret = env.get("CHAINLIT_AUTH_SECRET") or _persistent_secret(data_dir)
+    journal_setting = env.get("WRITE_JOURNAL_PATH") or str(data_dir / "journal.sqlite3")
+    journal_sync = (env.get("WRITE_JOURNAL_SYNC") or "full").upper()
+    if journal_sync not in ("FULL", "NORMAL"):
+        raise ConfigurationError(f"WRITE_JOURNAL_SYNC must be 'full' or 'normal', got {journal_sync.lower()!r}")
     if export_secret and env is os.environ and not os.environ.get("CHAINLIT_AUTH_SECRET"):
         os.environ["CHAINLIT_AUTH_SECRET"] = auth_secret
     return Settings(
@@ -199,4 +220,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, 
         auto_migrate=_env_bool(env.get("DATABASE_AUTO_MIGRATE"), True),
         data_layer_class=env.get("DATA_LAYER_CLASS") or None,
         storage_class=env.get("STORAGE_CLASS") or None,
+        # "memory" keeps no journal on disk: a crash loses writes the database did not have yet.
+        journal_path=None if journal_setting == "memory" else Path(journal_setting).expanduser().resolve(),
+        journal_sync=journal_sync,
     )

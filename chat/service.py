@@ -25,6 +25,7 @@ from .files import describe_attachment, is_text_like, read_path
 from .history import Turn, build_messages, turns_from_steps
 from .prompts import PromptBook, load_prompts_async
 from .providers import ChatRequest, LLMError, Provider, Stopwatch, Usage
+from .saving import SavingNotice
 
 logger = chainlit_logger.getChild("Chat")
 
@@ -126,11 +127,18 @@ def clean_title(text: str) -> str:
 
 
 class ChatService:
-    def __init__(self, config: ChatConfig, provider: Provider, storage: Any = None):
+    def __init__(self, config: ChatConfig, provider: Provider, storage: Any = None, data_layer: Any = None):
         self.config = config
         self.provider = provider
         self.storage = storage
+        self._data_layer = data_layer
         self._background: set[asyncio.Task] = set()
+        self.saving = SavingNotice(data_layer)
+
+    @property
+    def data_layer(self) -> Any:
+        """The data layer the app handed us, else Chainlit's configured one (tests, scripts)."""
+        return self._data_layer if self._data_layer is not None else get_data_layer()
 
     # ---- helpers -------------------------------------------------------------------
     @property
@@ -220,7 +228,7 @@ class ChatService:
         current = ThreadSettings.from_values(values, self.config, state.prompts)
         cl.context.session.chat_settings.update(current.as_values())
         session = cl.context.session
-        data_layer = get_data_layer()
+        data_layer = self.data_layer
         if data_layer and session.has_first_interaction and session.thread_id:
             # Chainlit saves settings only on disconnect; save now so a crash keeps them.
             await data_layer.update_thread(thread_id=session.thread_id, metadata={"chat_settings": current.as_values()})
@@ -249,7 +257,9 @@ class ChatService:
         )
         state.turns.append(Turn(role="user", content=user_text, id=message.id))
 
+        self.saving.watch(cl.context.session.thread_id)
         answer = await self._answer(request, settings)
+        self.saving.watch(cl.context.session.thread_id)
         if not answer.is_error:
             state.turns.append(Turn(role="assistant", content=answer.content, id=answer.id))
             if not state.titled:
@@ -383,7 +393,7 @@ class ChatService:
         if not title:
             logger.warning("title generation for thread %s returned no usable text; keeping the name", thread_id)
             return None
-        data_layer = get_data_layer()
+        data_layer = self.data_layer
         if data_layer is None:
             return title
         await data_layer.update_thread(thread_id=thread_id, name=title)

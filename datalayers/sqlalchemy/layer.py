@@ -13,6 +13,7 @@ is the database work, each method one transaction:
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 from contextlib import asynccontextmanager
@@ -116,23 +117,27 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
                 yield connection
         except (SQLAlchemyError, ConnectionError, TimeoutError, socket.gaierror, OSError) as exc:
             context = ", ".join(f"{k}={v!r}" for k, v in ids.items())
-            # Not an ERROR here: a journaled write is retried and may well succeed; the
-            # caller (the journal, or Chainlit for direct calls) reports what finally fails.
-            self.logger.debug("%s failed (%s): %s", operation, context, type(exc).__name__)
             raise DataLayerError(f"{operation} failed ({context}): {exc}") from exc
 
-    async def _run(self, operation: str, work, **ids):
+    async def _run(self, operation: str, work, journaled: bool = False, **ids):
         """`work(connection)` in one transaction. A deadlock or lock timeout of a direct
-        operation is retried here; journaled writes are retried by the journal."""
-        for attempt in range(DIRECT_ATTEMPTS):
+        operation is retried here; journaled writes are retried (and their final outcome
+        reported) by the journal, so their failures are only DEBUG here."""
+        attempts = 1 if journaled else DIRECT_ATTEMPTS
+        for attempt in range(attempts):
             try:
                 async with self._transaction(operation, **ids) as connection:
                     return await work(connection)
             except DataLayerError as exc:
-                if attempt == DIRECT_ATTEMPTS - 1 or not self._is_lock_conflict(exc):
-                    raise
-                self.logger.debug("%s: retrying after a lock conflict", operation)
-                await asyncio.sleep(0.05 * (attempt + 1))
+                cause = type(exc.__cause__).__name__
+                if attempt < attempts - 1 and self._is_lock_conflict(exc):
+                    self.logger.debug("%s: retrying after a lock conflict (%s)", operation, cause)
+                    await asyncio.sleep(0.05 * (attempt + 1))
+                    continue
+                context = ", ".join(f"{k}={v!r}" for k, v in ids.items())
+                self.logger.log(logging.DEBUG if journaled else logging.ERROR, "%s failed (%s): %s",
+                                operation, context, cause)
+                raise
 
     @staticmethod
     def _is_lock_conflict(exc: BaseException) -> bool:
@@ -174,7 +179,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         async def work(conn: AsyncConnection):
             await conn.execute(thread_upsert(self.dialect, write, write.at))
 
-        await self._run("update_thread", work, thread_id=write.id)
+        await self._run("update_thread", work, journaled=True, thread_id=write.id)
 
     async def _write_step(self, write: StepWrite, actor: str | None) -> None:
         async def work(conn: AsyncConnection):
@@ -184,9 +189,10 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
             await conn.execute(step_upsert(self.dialect, write))
 
         operation = "create_step" if write.created else "update_step"
-        await self._run(operation, work, step_id=write.id, thread_id=write.thread_id)
+        await self._run(operation, work, journaled=True, step_id=write.id, thread_id=write.thread_id)
 
-    async def _delete_rows(self, operation: str, element_filter, statements, **ids) -> list[str]:
+    async def _delete_rows(self, operation: str, element_filter, statements, journaled: bool = False,
+                           **ids) -> list[str]:
         """Delete rows in one transaction; return the blob keys of the elements they held."""
 
         async def work(conn: AsyncConnection):
@@ -197,7 +203,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
                 await conn.execute(statement)
             return list(keys)
 
-        return await self._run(operation, work, **ids)
+        return await self._run(operation, work, journaled, **ids)
 
     async def _remove_step(self, step_id: str, thread_hint: str | None) -> list[str]:
         return await self._delete_rows(
@@ -205,7 +211,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
             [delete(feedbacks).where(feedbacks.c.forId == step_id),
              delete(elements).where(elements.c.forId == step_id),
              delete(steps).where(steps.c.id == step_id)],
-            step_id=step_id)
+            journaled=True, step_id=step_id)
 
     async def _write_element(self, row: dict, actor: str | None) -> list[str]:
         async def work(conn: AsyncConnection):
@@ -213,14 +219,14 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
             await conn.execute(element_upsert(self.dialect, row))
             return [previous] if previous and previous != row.get("objectKey") else []
 
-        return await self._run("create_element", work, element_id=row["id"], thread_id=row.get("threadId"))
+        return await self._run("create_element", work, journaled=True, element_id=row["id"], thread_id=row.get("threadId"))
 
     async def _remove_element(self, element_id: str, thread_id: str | None) -> list[str]:
         condition = [elements.c.id == element_id]
         if thread_id is not None:
             condition.append(elements.c.threadId == thread_id)
         return await self._delete_rows("delete_element", and_(*condition), [delete(elements).where(*condition)],
-                                       element_id=element_id)
+                                       journaled=True, element_id=element_id)
 
     # ------------------------------------------------------------------ threads
     @staticmethod
