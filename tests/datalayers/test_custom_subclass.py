@@ -1,12 +1,15 @@
 """How a developer's own data layer joins the contract: subclass, provide `datalayer`, done.
 
 `AuditedDataLayer` is the kind of thing a developer writes: it records every step write.
-Overriding a decorated method drops Chainlit's `@queue_until_user_message`, so the
-override re-applies it (design.md §2).
+It overrides `create_step` without re-applying Chainlit's `@queue_until_user_message`: the
+base applies it to overrides too, so writes before the first user message still wait.
 """
 
+import uuid
+
 import pytest
-from chainlit.data.utils import queue_until_user_message
+from chainlit.context import ChainlitContext, context_var
+from chainlit.session import WebsocketSession
 
 from datalayers.sqlalchemy import SQLAlchemyDataLayer
 from storage.memory import MemoryStorage
@@ -18,7 +21,6 @@ class AuditedDataLayer(SQLAlchemyDataLayer):
         super().__init__(*args, **kwargs)
         self.audit: list[tuple[str, str]] = []
 
-    @queue_until_user_message()
     async def create_step(self, step_dict):
         self.audit.append(("create", step_dict["id"]))
         await super().create_step(step_dict)
@@ -38,3 +40,20 @@ class TestCustomSubclassContract(DataLayerContract):
         data = step(thread_id, new_id())
         await datalayer.create_step(data)
         assert ("create", data["id"]) in datalayer.audit
+
+    async def test_an_override_still_waits_for_the_first_user_message(self, datalayer, user):
+        thread_id = new_id()
+        session = WebsocketSession(id=str(uuid.uuid4()), socket_id="sid", emit=None, emit_call=None, user_env={},
+                                   client_type="webapp", thread_id=thread_id)
+        token = context_var.set(ChainlitContext(session))
+        try:
+            data = step(thread_id, new_id())
+            await datalayer.create_step(data)  # before the first user message: queued
+            assert ("create", data["id"]) not in datalayer.audit
+            assert len(session.thread_queues["create_step"]) == 1
+            session.has_first_interaction = True
+            await session.flush_method_queue()
+        finally:
+            context_var.reset(token)
+        assert ("create", data["id"]) in datalayer.audit
+        assert [s["id"] for s in (await datalayer.get_thread(thread_id))["steps"]] == [data["id"]]

@@ -43,6 +43,13 @@ async def test_fresh_start_offline_with_generated_admin_header_and_oauth_logins(
         me = (await client.get("/user")).json()
         assert me["identifier"] == "admin" and me["metadata"]["role"] == "admin"
 
+        health = await client.get("/health")
+        assert health.status_code == 200 and health.headers["content-type"] == "application/json"
+        assert health.json()["status"] == "ok"
+        journal = health.json()["journal"]
+        assert journal["pending"] == 0 and journal["rejected"] == 0
+        assert journal["journal"].endswith("journal.sqlite3")  # on disk, in the data folder
+
         settings = (await client.get("/project/settings", params={"language": "en-US"})).json()
         assert settings["dataPersistence"] is True
         assert settings["threadResumable"] is True
