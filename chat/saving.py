@@ -23,9 +23,9 @@ NOTICE_TEXT = (
 
 
 class SavingNotice:
-    def __init__(self, data_layer: Any, lag_seconds: float = 3.0, poll_seconds: float = 1.0):
+    def __init__(self, data_layer: Any, lag_seconds: float | None = None, poll_seconds: float = 1.0):
         self.data_layer = data_layer
-        self.lag_seconds = lag_seconds
+        self.lag_seconds = lag_seconds if lag_seconds is not None else getattr(data_layer, "lag_seconds", 3.0)
         self.poll_seconds = poll_seconds
         self._watchers: dict[str, asyncio.Task] = {}
 

@@ -77,6 +77,8 @@ def _merge_entries(earlier: Entry, later: Entry) -> bool:
 
 class PersistentDataLayer(BaseDataLayer):
     logger: logging.Logger = logging.getLogger("chainlit")
+    #: Saving lags when a write has waited this long: the status says so, the chat tells the user.
+    lag_seconds = 3.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -116,9 +118,12 @@ class PersistentDataLayer(BaseDataLayer):
         return self.writes.backlog(thread_id)
 
     def status(self) -> dict[str, Any]:
+        """The write backlog, for the status route: `degraded` while writes are failing or
+        the oldest pending one is older than `lag_seconds`."""
         count, oldest = self.writes.backlog()
         return {"pending": count, "oldest_seconds": round(oldest, 3), "rejected": self.writes.rejected,
-                "degraded": self.writes.degraded, "journal": str(self.writes.journal.path or "memory")}
+                "degraded": self.writes.degraded or oldest > self.lag_seconds,
+                "journal": str(self.writes.journal.path or "memory")}
 
     async def close(self) -> None:
         await self.writes.close()
