@@ -34,4 +34,4 @@ bench: setup
 	$(BIN)/python -m benchmarks.dynamodb
 
 ddl: setup
-	$(BIN)/python -m datalayers.sqlalchemy.schema --write
+	$(BIN)/python -m datalayers.sqlalchemy ddl --write

@@ -190,16 +190,3 @@ def ddl(dialect_name: str) -> str:
     )
     return header + ";\n\n".join(statements) + ";\n"
 
-
-if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    out = Path(__file__).resolve().parents[2] / "sql"
-    if "--write" in sys.argv:
-        out.mkdir(exist_ok=True)
-        for name in DIALECTS:
-            (out / f"{name}.sql").write_text(ddl(name))
-            print(f"wrote {out / (name + '.sql')}")
-    else:
-        print(ddl(sys.argv[1] if len(sys.argv) > 1 else "postgresql"))
