@@ -30,8 +30,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from chainlit.types import Pagination, ThreadFilter
-from datalayers.shared import format_timestamp
-from datalayers.sql_schema import CHAINLIT_POSTGRES_DDL, feedbacks, steps, threads, users
+from datalayers.sqlalchemy.schema import CHAINLIT_POSTGRES_DDL, feedbacks, steps, threads, users
+from datalayers.timestamps import format_timestamp
 from datalayers.sqlalchemy import SQLAlchemyDataLayer
 
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")

@@ -29,6 +29,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql, postgresql
 
+# Chainlit's documented PostgreSQL DDL, frozen with the migrations (revision 0001 runs it);
+# re-exported for the upgrade test and the benchmarks, which seed "a Chainlit database".
+from ..migrations.chainlit_reference import CHAINLIT_POSTGRES_DDL  # noqa: F401
+
 ID = String(255)
 TIMESTAMP = String(32)
 SHORT = String(255)
@@ -130,27 +134,6 @@ feedbacks = _table(
 )
 
 TABLES = (users, threads, steps, elements, feedbacks)
-
-
-# Chainlit's documented PostgreSQL DDL (seeds/002, shared/reference), as deployed databases
-# have it: migration 0001 runs it on PostgreSQL, the upgrade test and the benchmark seed it.
-CHAINLIT_POSTGRES_DDL = [
-    'CREATE TABLE IF NOT EXISTS users ("id" UUID PRIMARY KEY, "identifier" TEXT NOT NULL UNIQUE, '
-    '"metadata" JSONB NOT NULL, "createdAt" TEXT)',
-    'CREATE TABLE IF NOT EXISTS threads ("id" UUID PRIMARY KEY, "createdAt" TEXT, "name" TEXT, '
-    '"userId" UUID, "userIdentifier" TEXT, "tags" TEXT[], "metadata" JSONB, '
-    'FOREIGN KEY ("userId") REFERENCES users("id") ON DELETE CASCADE)',
-    'CREATE TABLE IF NOT EXISTS steps ("id" UUID PRIMARY KEY, "name" TEXT NOT NULL, "type" TEXT NOT NULL, '
-    '"threadId" UUID NOT NULL, "parentId" UUID, "disableFeedback" BOOLEAN NOT NULL DEFAULT false, '
-    '"streaming" BOOLEAN NOT NULL, "waitForAnswer" BOOLEAN, "isError" BOOLEAN, "metadata" JSONB, '
-    '"tags" TEXT[], "input" TEXT, "output" TEXT, "createdAt" TEXT, "start" TEXT, "end" TEXT, '
-    '"generation" JSONB, "showInput" TEXT, "language" TEXT, "indent" INT)',
-    'CREATE TABLE IF NOT EXISTS elements ("id" UUID PRIMARY KEY, "threadId" UUID, "type" TEXT, "url" TEXT, '
-    '"chainlitKey" TEXT, "name" TEXT NOT NULL, "display" TEXT, "objectKey" TEXT, "size" TEXT, '
-    '"page" INT, "language" TEXT, "forId" UUID, "mime" TEXT)',
-    'CREATE TABLE IF NOT EXISTS feedbacks ("id" UUID PRIMARY KEY, "forId" UUID NOT NULL, '
-    '"threadId" UUID NOT NULL, "value" INT NOT NULL, "comment" TEXT)',
-]
 
 
 # PostgreSQL-only trigram indexes for case-insensitive substring search (migration 0003).

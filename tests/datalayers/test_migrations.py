@@ -1,9 +1,14 @@
 """Migrations: a fresh database, an upgrade of Chainlit's documented schema with rows in it,
-and agreement between the migrations, the SQLAlchemy tables and the DDL in sql/."""
+agreement between the migrations, the SQLAlchemy tables and the DDL in sql/, and revisions
+that stay frozen whatever later changes are made to the live tables."""
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +19,18 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from datalayers import migrations
-from datalayers.sql_schema import CHAINLIT_POSTGRES_DDL, DIALECTS, POSTGRES_SEARCH_INDEXES, ddl, metadata
+from datalayers.migrations.chainlit_reference import CHAINLIT_POSTGRES_DDL
 from datalayers.sqlalchemy import SQLAlchemyDataLayer
+
+# The live schema: what head must equal.
+from datalayers.sqlalchemy.schema import DIALECTS, POSTGRES_SEARCH_INDEXES, ddl, metadata
 from storage.memory import MemoryStorage
 from tests.conftest import SQL_BACKENDS
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+ROOT = Path(__file__).resolve().parents[2]
+SQL_DIR = ROOT / "sql"
+VERSIONS_DIR = Path(migrations.SCRIPT_LOCATION) / "versions"
+MIGRATIONS_PACKAGE = "datalayers.migrations"
 USER_ID = "11111111-1111-4111-8111-111111111111"
 THREAD_ID = "22222222-2222-4222-8222-222222222222"
 STEP_ID = "33333333-3333-4333-8333-333333333333"
@@ -33,6 +44,24 @@ def _diffs(connection):
 
     context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_object})
     return compare_metadata(context, metadata)
+
+
+def _search_index_drift(connection) -> list:
+    """PostgreSQL trigram indexes whose migrated definition differs from the live statement.
+
+    Revision 0003 carries its own copy of the statements, and `compare_metadata` cannot see
+    expression indexes, so each one is rebuilt from the live statement and its definition
+    compared. The caller rolls the rebuild back."""
+    query = text("SELECT indexdef FROM pg_indexes WHERE indexname = :name")
+    drift = []
+    for name, statement in POSTGRES_SEARCH_INDEXES.items():
+        migrated = connection.execute(query, {"name": name}).scalar()
+        connection.execute(text(f'DROP INDEX IF EXISTS "{name}"'))
+        connection.exec_driver_sql(statement)
+        live = connection.execute(query, {"name": name}).scalar()
+        if migrated != live:
+            drift.append((name, migrated, live))
+    return drift
 
 
 @pytest.mark.parametrize("backend", SQL_BACKENDS)
@@ -49,9 +78,175 @@ async def test_fresh_database_migrates_to_exactly_the_schema(backend, sql_url_fa
                 indexes = {i["name"] for t in ("steps", "threads") for i in await conn.run_sync(
                     lambda c, t=t: inspect(c).get_indexes(t))}
                 assert set(POSTGRES_SEARCH_INDEXES) <= indexes
+        if backend == "postgresql":
+            async with engine.connect() as conn:
+                assert await conn.run_sync(_search_index_drift) == []
+                await conn.rollback()
         assert {"users", "threads", "steps", "elements", "feedbacks"} <= names
     finally:
         await engine.dispose()
+
+
+def _imported_names(tree: ast.AST):
+    """(line, dotted name) of everything a module imports, at any depth (function bodies
+    too), including `importlib.import_module("...")` / `__import__("...")` with a literal."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                # Alembic loads revisions by path, not as package members.
+                yield node.lineno, "." * node.level + (node.module or "")
+                continue
+            # `module.name` covers both a submodule (`from datalayers import sql_schema`)
+            # and an attribute (`from datalayers.sql_schema import TABLES`).
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                yield node.lineno, node.args[0].value
+
+
+def _is_live(name: str) -> bool:
+    """Anything of this project's data layers outside the frozen migrations package."""
+    if name.startswith("."):
+        return True
+    if name != "datalayers" and not name.startswith("datalayers."):
+        return False
+    return not (name == MIGRATIONS_PACKAGE or name.startswith(MIGRATIONS_PACKAGE + "."))
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of `name`, or of its module when `name` ends in an attribute."""
+    parts = name.split(".")
+    while parts:
+        base = ROOT.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        parts.pop()
+    return None
+
+
+def test_no_revision_imports_the_live_schema():
+    """A revision must do the same thing forever, so it may use only its own definitions
+    and frozen modules of `datalayers.migrations` (which must be frozen in turn)."""
+    revisions = sorted(VERSIONS_DIR.glob("*.py"))
+    assert revisions, f"no revision found in {VERSIONS_DIR}"
+    offences, seen = [], set()
+    pending = list(revisions)
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for line, name in _imported_names(ast.parse(path.read_text(), filename=str(path))):
+            if _is_live(name):
+                offences.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+            elif name.startswith(MIGRATIONS_PACKAGE + "."):
+                module = _module_file(name)
+                if module is not None:
+                    pending.append(module)
+    assert offences == [], "revisions must not use the live schema:\n" + "\n".join(offences)
+
+
+def test_the_static_check_sees_live_imports():
+    """The check above would catch each way of importing the live schema."""
+    source = (
+        "import datalayers.sql_schema\n"
+        "from datalayers.sqlalchemy.schema import TABLES\n"
+        "from datalayers import shared\n"
+        "from .sibling import x\n"
+        "def upgrade():\n"
+        "    from datalayers.timestamps import normalize_timestamp\n"
+        "    importlib.import_module('datalayers.sqlalchemy')\n"
+        "from datalayers.migrations.chainlit_reference import CHAINLIT_POSTGRES_DDL\n"
+        "import sqlalchemy as sa\n"
+    )
+    flagged = {name for _, name in _imported_names(ast.parse(source)) if _is_live(name)}
+    assert flagged == {
+        "datalayers.sql_schema", "datalayers.sqlalchemy.schema.TABLES", "datalayers.shared", ".sibling",
+        "datalayers.timestamps.normalize_timestamp", "datalayers.sqlalchemy",
+    }
+
+
+# Run in a child process: it changes the live tables in place, as a later revision's edit
+# of the schema module would, whichever module path a revision might read them through.
+FUTURE_REVISION_PROBE = """
+import asyncio, json, sys
+
+import sqlalchemy as sa
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from datalayers import migrations
+
+from datalayers.sqlalchemy.schema import POSTGRES_SEARCH_INDEXES, TABLES
+
+for table in TABLES:
+    table.append_column(sa.Column("futureColumn", sa.String(32)))
+steps = next(t for t in TABLES if t.name == "steps")
+sa.Index("ix_steps_future", steps.c.futureColumn)
+POSTGRES_SEARCH_INDEXES["ix_steps_future_trgm"] = (
+    'CREATE INDEX IF NOT EXISTS ix_steps_future_trgm ON steps USING gin (lower("futureColumn") gin_trgm_ops)'
+)
+
+
+def schema_of(connection):
+    inspector = sa.inspect(connection)
+    return {
+        "columns": {t.name: [c["name"] for c in inspector.get_columns(t.name)] for t in TABLES},
+        "indexes": sorted(i["name"] for t in TABLES for i in inspector.get_indexes(t.name)),
+    }
+
+
+def apply_future_revision(connection):
+    # What the next revision would do; it raises if a column or index already exists.
+    ops = Operations(MigrationContext.configure(connection))
+    for table in TABLES:
+        ops.add_column(table.name, sa.Column("futureColumn", sa.String(32)))
+    ops.create_index("ix_steps_future", "steps", ["futureColumn"])
+
+
+async def main(url):
+    engine = create_async_engine(url)
+    try:
+        await migrations.upgrade(engine)
+        async with engine.connect() as connection:
+            print(json.dumps(await connection.run_sync(schema_of)), flush=True)
+        async with engine.begin() as connection:
+            await connection.run_sync(apply_future_revision)
+    finally:
+        await engine.dispose()
+
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("backend", SQL_BACKENDS)
+def test_revisions_ignore_later_changes_to_the_live_schema(backend, sql_url_factory):
+    """A column (and indexes) added to the live tables for a future revision must not be
+    created by the existing revisions, or that revision's add_column fails on a fresh
+    database."""
+    url = sql_url_factory(backend)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", FUTURE_REVISION_PROBE, url], cwd=ROOT, env=env, check=False,
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"the migrations failed: {result.stderr[-3000:]}"
+    found = json.loads(lines[-1])
+    assert "ix_steps_thread_created" in found["indexes"]  # the probe did see the migrated schema
+    assert {table: "futureColumn" in columns for table, columns in found["columns"].items()} == {
+        "users": False, "threads": False, "steps": False, "elements": False, "feedbacks": False,
+    }
+    assert "ix_steps_future" not in found["indexes"]
+    assert "ix_steps_future_trgm" not in found["indexes"]
+    assert result.returncode == 0, f"the future revision failed: {result.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

@@ -6,6 +6,9 @@ search page flat as history grows. pg_trgm ships with PostgreSQL (contrib) and i
 trusted extension since PostgreSQL 13; where it cannot be created, search still works
 (same results) but scans, and a warning says so. Other dialects: nothing to do.
 
+The index statements are frozen here rather than taken from the live schema, so that this
+revision does the same thing forever.
+
 Revision ID: 0003
 Revises: 0002
 """
@@ -14,12 +17,21 @@ import logging
 
 from alembic import op
 
-from datalayers.sql_schema import POSTGRES_SEARCH_INDEXES
-
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+
+# Not partial on message types: with bound parameters the planner cannot prove a partial
+# predicate and scans.
+POSTGRES_SEARCH_INDEXES = {
+    "ix_steps_output_trgm": (
+        'CREATE INDEX IF NOT EXISTS ix_steps_output_trgm ON steps USING gin (lower("output") gin_trgm_ops)'
+    ),
+    "ix_threads_name_trgm": (
+        'CREATE INDEX IF NOT EXISTS ix_threads_name_trgm ON threads USING gin (lower("name") gin_trgm_ops)'
+    ),
+}
 
 log = logging.getLogger("chainlit").getChild("SQLAlchemy")
 
