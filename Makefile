@@ -32,6 +32,8 @@ test: setup browser
 bench: setup
 	$(BIN)/python -m benchmarks.sidebar
 	$(BIN)/python -m benchmarks.dynamodb
+	$(BIN)/python -m benchmarks.writes
+	$(BIN)/python -m benchmarks.dynamodb_writes
 
 ddl: setup
 	$(BIN)/python -m datalayers.sqlalchemy ddl --write

@@ -93,6 +93,7 @@ class PersistentDataLayer(BaseDataLayer):
         cursor_secret: bytes | None = None,
         journal: "WriteJournal | str | PathLike | None" = None,
         read_wait: float = 5.0,
+        write_concurrency: int = 8,
     ):
         self.storage = storage
         # Without a secret from the settings, cursors are valid for this instance only.
@@ -101,7 +102,7 @@ class PersistentDataLayer(BaseDataLayer):
             journal = WriteJournal(journal)
         self.read_wait = read_wait
         self.writes = WriteBack(journal, self._apply_entry, self._classify, _merge_entries, self.logger,
-                                on_rejected=self._after_rejected)
+                                on_rejected=self._after_rejected, concurrency=write_concurrency)
         self._identifiers: dict[str, str] = {}
 
     # ------------------------------------------------------------------ operating

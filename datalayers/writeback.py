@@ -51,6 +51,7 @@ class WriteBack:
         on_rejected: Callable[[Entry, BaseException], Awaitable[None]] | None = None,
         max_backoff: float = 5.0,
         unknown_attempts: int = 5,
+        concurrency: int = 8,
     ):
         self.journal = journal
         self._apply = apply
@@ -61,6 +62,10 @@ class WriteBack:
         self.max_backoff = max_backoff
         self.unknown_attempts = unknown_attempts
         self._lanes: dict[str, Lane] = {}
+        # Lanes applying at once: no more than the database connections there are, or
+        # a burst of sessions makes the pool open and close connections for every write.
+        self.concurrency = concurrency
+        self._applying: asyncio.Semaphore | None = None
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._failures = 0
@@ -189,9 +194,12 @@ class WriteBack:
         while lane.entries:
             entry = lane.entries[0]
             await self._wait_for_retry()
+            if self._applying is None:
+                self._applying = asyncio.Semaphore(self.concurrency)
             lane.busy = True
             try:
-                await self._apply(entry)
+                async with self._applying:
+                    await self._apply(entry)
             except asyncio.CancelledError:
                 lane.busy = False
                 raise

@@ -24,7 +24,7 @@ from chainlit.types import Feedback, ThreadDict
 from chainlit.user import PersistedUser
 from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .. import migrations
@@ -35,10 +35,10 @@ from ..writes import StepWrite, ThreadWrite
 from .failures import TRANSIENT, failure_kind
 from .schema import elements, feedbacks, steps, threads, users
 from .upserts import (
+    StatementCache,
     element_upsert,
     show_input_from_db,
-    step_upsert,
-    thread_touch,
+    step_write,
     thread_upsert,
     user_upsert,
 )
@@ -47,6 +47,7 @@ from .url import build_engine, normalize_database_url, redacted
 # The thread's author: the identifier stored on the thread, else its user's (older rows).
 AUTHOR = func.coalesce(threads.c.userIdentifier, users.c.identifier)
 THREAD_WITH_USER = threads.outerjoin(users, users.c.id == threads.c.userId)
+POOL_SIZE = 8
 #: Direct (not journaled) operations retry a deadlock or lock timeout this many times.
 DIRECT_ATTEMPTS = 3
 
@@ -86,10 +87,17 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         read_wait: float = 5.0,
         engine_options: dict[str, Any] | None = None,
     ):
-        super().__init__(storage=storage, cursor_secret=cursor_secret, journal=journal, read_wait=read_wait)
+        options = {"pool_size": POOL_SIZE, "max_overflow": POOL_SIZE, **(engine_options or {})}
+        # Journaled writes use at most the pool's steady connections, leaving the overflow
+        # to reads.
+        super().__init__(storage=storage, cursor_secret=cursor_secret, journal=journal, read_wait=read_wait,
+                         write_concurrency=options["pool_size"])
         self.url = normalize_database_url(url)
         self.dialect = make_url(self.url).get_backend_name()
-        self.engine = build_engine(self.url, engine_options)
+        self.engine = build_engine(self.url, options)
+        self.statements = StatementCache(self.dialect)
+        # Same pool; for single statements that need no transaction around them.
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._migrated = not auto_migrate
         self._migrate_lock = asyncio.Lock()
 
@@ -109,29 +117,36 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
                 self._migrated = True
 
     @asynccontextmanager
-    async def _transaction(self, operation: str, **ids):
+    async def _transaction(self, operation: str, autocommit: bool = False, **ids):
+        """One transaction; with `autocommit` (a single statement, atomic by itself) no
+        BEGIN/COMMIT round trips."""
         if not self._migrated:
             await self.migrate()
         try:
+            if autocommit:
+                async with self._autocommit.connect() as connection:
+                    yield connection
+                return
             async with self.engine.begin() as connection:
                 yield connection
         except (SQLAlchemyError, ConnectionError, TimeoutError, socket.gaierror, OSError) as exc:
             context = ", ".join(f"{k}={v!r}" for k, v in ids.items())
             raise DataLayerError(f"{operation} failed ({context}): {exc}") from exc
 
-    async def _run(self, operation: str, work, journaled: bool = False, **ids):
-        """`work(connection)` in one transaction. A deadlock or lock timeout of a direct
-        operation is retried here; journaled writes are retried (and their final outcome
-        reported) by the journal, so their failures are only DEBUG here."""
+    async def _run(self, operation: str, work, journaled: bool = False, autocommit: bool = False, **ids):
+        """`work(connection)` in one transaction. A deadlock, a lock timeout or a connection
+        the server dropped (restarted since it was pooled) fails a direct operation only
+        after a retry here; journaled writes are retried (and their final outcome reported)
+        by the journal, so their failures are only DEBUG here."""
         attempts = 1 if journaled else DIRECT_ATTEMPTS
         for attempt in range(attempts):
             try:
-                async with self._transaction(operation, **ids) as connection:
+                async with self._transaction(operation, autocommit, **ids) as connection:
                     return await work(connection)
             except DataLayerError as exc:
                 cause = type(exc.__cause__).__name__
-                if attempt < attempts - 1 and self._is_lock_conflict(exc):
-                    self.logger.debug("%s: retrying after a lock conflict (%s)", operation, cause)
+                if attempt < attempts - 1 and (self._is_lock_conflict(exc) or self._is_stale_connection(exc)):
+                    self.logger.debug("%s: retrying after %s", operation, cause)
                     await asyncio.sleep(0.05 * (attempt + 1))
                     continue
                 context = ", ".join(f"{k}={v!r}" for k, v in ids.items())
@@ -143,6 +158,11 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
     def _is_lock_conflict(exc: BaseException) -> bool:
         text_ = str(exc.__cause__ or exc).lower()
         return failure_kind(exc) == TRANSIENT and ("deadlock" in text_ or "lock" in text_)
+
+    @staticmethod
+    def _is_stale_connection(exc: BaseException) -> bool:
+        cause = exc.__cause__
+        return isinstance(cause, DBAPIError) and cause.connection_invalidated
 
     def _failure_kind(self, exc: BaseException) -> str | None:
         return failure_kind(exc)
@@ -168,7 +188,8 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
 
     async def _upsert_user(self, identifier: str, metadata: dict) -> PersistedUser:
         async def work(conn: AsyncConnection):
-            await conn.execute(user_upsert(self.dialect, str(uuid.uuid4()), identifier, metadata, utc_now()))
+            await conn.execute(*self.statements.statement(
+                user_upsert(self.dialect, str(uuid.uuid4()), identifier, metadata, utc_now())))
             row = (await conn.execute(select(users).where(users.c.identifier == identifier))).first()
             return self._persisted_user(row)
 
@@ -177,7 +198,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
     # ------------------------------------------------------------------ journaled writes
     async def _write_thread(self, write: ThreadWrite, actor: str | None) -> None:
         async def work(conn: AsyncConnection):
-            await conn.execute(thread_upsert(self.dialect, write, write.at))
+            await conn.execute(*self.statements.statement(thread_upsert(self.dialect, write, write.at)))
 
         await self._run("update_thread", work, journaled=True, thread_id=write.id)
 
@@ -185,11 +206,12 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         async def work(conn: AsyncConnection):
             # The thread first: it must exist (a step may be the thread's first write) and
             # gets an owner here if it has none.
-            await conn.execute(thread_touch(self.dialect, write.thread_id, actor, write.at, bump=write.created))
-            await conn.execute(step_upsert(self.dialect, write))
+            for prepared in step_write(self.dialect, write, actor):
+                await conn.execute(*self.statements.statement(prepared))
 
         operation = "create_step" if write.created else "update_step"
-        await self._run(operation, work, journaled=True, step_id=write.id, thread_id=write.thread_id)
+        await self._run(operation, work, journaled=True, autocommit=self.dialect == "postgresql",
+                        step_id=write.id, thread_id=write.thread_id)
 
     async def _delete_rows(self, operation: str, element_filter, statements, journaled: bool = False,
                            **ids) -> list[str]:
@@ -216,7 +238,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
     async def _write_element(self, row: dict, actor: str | None) -> list[str]:
         async def work(conn: AsyncConnection):
             previous = (await conn.execute(select(elements.c.objectKey).where(elements.c.id == row["id"]))).scalar()
-            await conn.execute(element_upsert(self.dialect, row))
+            await conn.execute(*self.statements.statement(element_upsert(self.dialect, row)))
             return [previous] if previous and previous != row.get("objectKey") else []
 
         return await self._run("create_element", work, journaled=True, element_id=row["id"], thread_id=row.get("threadId"))

@@ -11,16 +11,21 @@ JSON merges are shallow, as everywhere in this project: a key set replaces its v
 key set to `None` is removed, a filled key is added only when absent. PostgreSQL does it
 with `jsonb` operators. SQLite and MySQL have no per-key operator that takes a whole patch,
 so they use RFC 7396 merge patch twice — first removing every key the write touches, then
-setting the new values — which is the same shallow replace (a `null` nested inside a
-new value is dropped by the merge patch); filling uses the stored document as the patch
-over the filled keys, so stored keys win.
+setting the new values — which is the same shallow replace (a `null` nested inside a new
+value is dropped by the merge patch); filling uses the stored document as the patch over
+the filled keys, so stored keys win.
+
+SQLAlchemy cannot cache its dialect-specific INSERT constructs (they recompile on every
+execution, which cost more CPU than the database did). So each statement is built once per
+*shape* — which columns a write carries, which merges it needs — with named parameters,
+compiled to SQL text, and kept: a write only binds its values.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
-from sqlalchemy import String, Text, case, func, literal, null, or_, select
+from sqlalchemy import String, Text, TextClause, bindparam, case, func, or_, select, text
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import JSON
@@ -31,6 +36,36 @@ from .schema import elements, steps, threads, users
 STEP_COLUMNS = frozenset(c.name for c in steps.columns) - {"extra"}
 ELEMENT_COLUMNS = frozenset(c.name for c in elements.columns) - {"extra"}
 TEXT_TYPES = (String, Text)
+#: Dialects that render `:name` parameters: the SQL text is then bound by the real driver.
+NAMED = {"postgresql": postgresql.dialect(paramstyle="named"), "sqlite": sqlite.dialect(paramstyle="named"),
+         "mysql": mysql.dialect(paramstyle="named"), "mariadb": mysql.dialect(paramstyle="named")}
+Prepared = tuple[Hashable, Callable[[], Any], dict[str, Any]]
+
+
+class StatementCache:
+    """Compiled statements by shape, for one dialect."""
+
+    def __init__(self, dialect: str, size: int = 512):
+        self.dialect = dialect
+        self.size = size
+        self._statements: dict[Hashable, TextClause] = {}
+
+    def statement(self, prepared: Prepared) -> tuple[TextClause, dict[str, Any]]:
+        key, build, params = prepared
+        found = self._statements.get(key)
+        if found is None:
+            compiled = build().compile(dialect=NAMED[self.dialect])
+            # Named parameters keep their names; constants in the statement (an anonymous
+            # parameter such as the '' of "is empty") keep their value.
+            # A PostgreSQL cast (`:p::JSONB`) is not a parameter to text(): escape its colons.
+            found = text(str(compiled).replace("::", "\\:\\:")).bindparams(*[
+                bindparam(name, type_=bind.type) if bind.value is None and not bind.callable
+                else bindparam(name, bind.value, type_=bind.type)
+                for bind, name in compiled.bind_names.items()])
+            if len(self._statements) >= self.size:
+                self._statements.clear()
+            self._statements[key] = found
+        return found, params
 
 
 def show_input_to_db(value: Any) -> Any:
@@ -66,29 +101,49 @@ def _json(dialect: str):
     return postgresql.JSONB() if dialect == "postgresql" else JSON()
 
 
-def json_merge(dialect: str, column, overwrite: dict, fill: dict) -> ColumnElement:
-    """The stored JSON object with `overwrite` applied (None deletes) and `fill` added
-    where absent — one SQL expression."""
-    kind = _json(dialect)
+def _values(table, names, prefix: str = "v_") -> dict[str, Any]:
+    """Named parameters for these columns, typed as the columns are."""
+    return {name: bindparam(f"{prefix}{name}", type_=table.c[name].type) for name in names}
+
+
+def merge_params(prefix: str, overwrite: dict, fill: dict) -> tuple[tuple[bool, bool, bool], dict[str, Any]]:
+    """The shape of a JSON merge (which parts it has) and its parameters."""
     sets = {k: v for k, v in overwrite.items() if v is not None}
     fills = {k: v for k, v in fill.items() if v is not None and k not in overwrite}
+    params: dict[str, Any] = {}
+    if overwrite:
+        params[f"{prefix}_touched"] = list(overwrite)
+        params[f"{prefix}_clear"] = {k: None for k in overwrite}
+    if sets:
+        params[f"{prefix}_set"] = sets
+    if fills:
+        params[f"{prefix}_fill"] = fills
+    return (bool(overwrite), bool(sets), bool(fills)), params
+
+
+def json_merge(dialect: str, column, prefix: str, shape: tuple[bool, bool, bool]) -> ColumnElement:
+    """The stored JSON object with the overwrite applied (None deletes) and the fill added
+    where absent — one SQL expression over the parameters of `merge_params`."""
+    touched, sets, fills = shape
+    kind = _json(dialect)
     if dialect == "postgresql":
-        expr: ColumnElement = case((func.jsonb_typeof(column) == "object", column), else_=literal({}, kind))
-        if overwrite:
-            expr = expr.op("-", return_type=kind)(literal(list(overwrite), postgresql.ARRAY(Text)))
+        expr: ColumnElement = case((func.jsonb_typeof(column) == "object", column),
+                                   else_=bindparam(f"{prefix}_empty", type_=kind))
+        if touched:
+            expr = expr.op("-", return_type=kind)(bindparam(f"{prefix}_touched", type_=postgresql.ARRAY(Text)))
         if sets:
-            expr = expr.op("||", return_type=kind)(literal(sets, kind))
+            expr = expr.op("||", return_type=kind)(bindparam(f"{prefix}_set", type_=kind))
         if fills:
-            expr = literal(fills, kind).op("||", return_type=kind)(expr)
+            expr = bindparam(f"{prefix}_fill", type_=kind).op("||", return_type=kind)(expr)
         return expr
     patch = func.json_patch if dialect == "sqlite" else func.JSON_MERGE_PATCH
-    expr = func.coalesce(column, literal({}, kind))
-    if overwrite:
-        expr = patch(expr, literal({k: None for k in overwrite}, kind))
+    expr = func.coalesce(column, bindparam(f"{prefix}_empty", type_=kind))
+    if touched:
+        expr = patch(expr, bindparam(f"{prefix}_clear", type_=kind))
     if sets:
-        expr = patch(expr, literal(sets, kind))
+        expr = patch(expr, bindparam(f"{prefix}_set", type_=kind))
     if fills:
-        expr = patch(literal(fills, kind), expr)
+        expr = patch(bindparam(f"{prefix}_fill", type_=kind), expr)
     return expr
 
 
@@ -115,93 +170,143 @@ def step_columns(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return columns, extra
 
 
-def step_upsert(dialect: str, write: StepWrite):
+def step_upsert(dialect: str, write: StepWrite) -> Prepared:
     row = write.new_row()
-    columns, extra = step_columns(row)
-    values = {**STEP_DEFAULTS, **columns, "metadata": row["metadata"], "extra": extra or null()}
-    fill_columns, fill_extra = step_columns(write.fill)
-    overwrite_columns, overwrite_extra = step_columns(write.overwrite)
+    columns, extra = step_columns({**STEP_DEFAULTS, **row})
+    inserted = tuple(sorted(columns))
+    fill = tuple(sorted(set(step_columns(write.fill)[0]) - {"id", "threadId"}))
+    overwrite = tuple(sorted(set(step_columns(write.overwrite)[0]) - {"id", "threadId"}))
+    meta_shape, meta_params = merge_params("m", write.overwrite_metadata, write.fill_metadata)
+    extra_shape, extra_params = merge_params("x", step_columns(write.overwrite)[1], step_columns(write.fill)[1])
+    params: dict[str, Any] = {f"v_{name}": columns[name] for name in inserted}
+    params.update(v_metadata=row["metadata"], m_empty={}, x_empty={}, **meta_params, **extra_params)
+    if extra:
+        params["v_extra"] = extra
+    key = ("step", inserted, fill, overwrite, meta_shape, extra_shape, bool(extra))
 
-    def updates(new) -> dict:
-        changes: dict[str, Any] = {}
-        for name in overwrite_columns:
-            if name not in ("id", "threadId"):
-                changes[name] = new[name]
-        for name in fill_columns:
-            if name not in ("id", "threadId"):
-                changes[name] = _filled(steps.c[name], new[name])
-        if write.overwrite_metadata or write.fill_metadata:
-            changes["metadata"] = json_merge(dialect, steps.c.metadata, write.overwrite_metadata, write.fill_metadata)
-        if overwrite_extra or fill_extra:
-            changes["extra"] = json_merge(dialect, steps.c.extra, overwrite_extra, fill_extra)
-        return changes
+    def build():
+        values = _values(steps, (*inserted, "metadata", *(("extra",) if extra else ())))
 
-    return upsert(dialect, steps, values, [steps.c.id], updates)
+        def updates(new) -> dict:
+            changes: dict[str, Any] = {name: new[name] for name in overwrite}
+            changes.update({name: _filled(steps.c[name], new[name]) for name in fill})
+            if any(meta_shape):
+                changes["metadata"] = json_merge(dialect, steps.c.metadata, "m", meta_shape)
+            if any(extra_shape):
+                changes["extra"] = json_merge(dialect, steps.c.extra, "x", extra_shape)
+            return changes
+
+        return upsert(dialect, steps, values, [steps.c.id], updates)
+
+    return key, build, params
 
 
-def thread_touch(dialect: str, thread_id: str, actor: str | None, now: str, bump: bool):
+def thread_touch(dialect: str, thread_id: str, actor: str | None, now: str, bump: bool) -> Prepared:
     """Create the thread a step belongs to if it is missing (steps may arrive first), give it
-    the acting user as owner if it has none, and with `bump` mark it active now."""
-    owner_id: Any = select(users.c.id).where(users.c.identifier == actor).scalar_subquery() if actor else null()
-    values = {"id": thread_id, "createdAt": now, "updatedAt": now, "metadata": {},
-              "userIdentifier": actor if actor else null(), "userId": owner_id}
+    the acting user as owner if it has none, and with `bump` mark it active now. Parameters
+    are prefixed `t_` so the statement can share one round trip with the step's."""
+    params = {"t_id": thread_id, "t_createdAt": now, "t_updatedAt": now, "t_metadata": {}}
+    if actor:
+        params["t_actor"] = actor
 
-    def updates(new) -> dict:
-        changes: dict[str, Any] = {}
-        if bump:
-            changes["updatedAt"] = new.updatedAt
+    def build():
+        values: dict[str, Any] = _values(threads, ("id", "createdAt", "updatedAt", "metadata"), "t_")
         if actor:
-            changes["userIdentifier"] = func.coalesce(threads.c.userIdentifier, new.userIdentifier)
-            changes["userId"] = func.coalesce(threads.c.userId, new.userId)
-        return changes
+            actor_param = bindparam("t_actor", type_=users.c.identifier.type)
+            values["userIdentifier"] = actor_param
+            values["userId"] = select(users.c.id).where(users.c.identifier == actor_param).scalar_subquery()
 
-    return upsert(dialect, threads, values, [threads.c.id], updates)
+        def updates(new) -> dict:
+            changes: dict[str, Any] = {}
+            if bump:
+                changes["updatedAt"] = new.updatedAt
+            if actor:
+                changes["userIdentifier"] = func.coalesce(threads.c.userIdentifier, new.userIdentifier)
+                changes["userId"] = func.coalesce(threads.c.userId, new.userId)
+            return changes
+
+        return upsert(dialect, threads, values, [threads.c.id], updates)
+
+    return ("touch", bool(actor), bump), build, params
 
 
-def thread_upsert(dialect: str, write: ThreadWrite, now: str):
+def step_write(dialect: str, write: StepWrite, actor: str | None) -> list[Prepared]:
+    """The statements of one step write: the thread touch, then the step upsert. On
+    PostgreSQL they are one statement (the touch as a data-modifying WITH), which runs
+    atomically on its own: one round trip, no BEGIN/COMMIT."""
+    touch = thread_touch(dialect, write.thread_id, actor, write.at, bump=write.created)
+    step = step_upsert(dialect, write)
+    if dialect != "postgresql":
+        return [touch, step]
+    (touch_key, build_touch, touch_params), (step_key, build_step, step_params) = touch, step
+
+    def build():
+        touched = build_touch().returning(threads.c.id).cte("touched")
+        return build_step().add_cte(touched)
+
+    return [(("touch+step", touch_key, step_key), build, {**touch_params, **step_params})]
+
+
+def thread_upsert(dialect: str, write: ThreadWrite, now: str) -> Prepared:
     """`update_thread`: create the thread or change what the write names. The owner is
     set once and never replaced (a session cannot take over another user's thread)."""
-    values: dict[str, Any] = {"id": write.id, "createdAt": now, "updatedAt": now,
-                              "metadata": merge_changes({}, write.metadata)}
-    if write.name is not None:
-        values["name"] = write.name
-    if write.tags is not None:
-        values["tags"] = list(write.tags)
+    named = tuple(name for name, value in (("name", write.name), ("tags", write.tags)) if value is not None)
+    meta_shape, meta_params = merge_params("m", write.metadata or {}, {})
+    params: dict[str, Any] = {"v_id": write.id, "v_createdAt": now, "v_updatedAt": now,
+                              "v_metadata": merge_changes({}, write.metadata), "m_empty": {}, **meta_params}
+    params.update({f"v_{name}": getattr(write, name) for name in named})
     if write.user_id is not None:
-        values["userId"] = write.user_id
-        values["userIdentifier"] = select(users.c.identifier).where(users.c.id == write.user_id).scalar_subquery()
+        params["v_userId"] = write.user_id
+    key = ("thread", named, write.user_id is not None, write.metadata is not None, meta_shape)
 
-    def updates(new) -> dict:
-        changes: dict[str, Any] = {}
-        if write.name is not None:
-            changes["name"] = new.name
-        if write.tags is not None:
-            changes["tags"] = new.tags
+    def build():
+        values: dict[str, Any] = _values(threads, ("id", "createdAt", "updatedAt", "metadata", *named))
         if write.user_id is not None:
-            changes["userIdentifier"] = func.coalesce(threads.c.userIdentifier, new.userIdentifier)
-            changes["userId"] = func.coalesce(threads.c.userId, new.userId)
-        if write.metadata is not None:
-            changes["metadata"] = json_merge(dialect, threads.c.metadata, write.metadata, {})
-        return changes
+            owner = bindparam("v_userId", type_=threads.c.userId.type)
+            values["userId"] = owner
+            values["userIdentifier"] = select(users.c.identifier).where(users.c.id == owner).scalar_subquery()
 
-    return upsert(dialect, threads, values, [threads.c.id], updates)
+        def updates(new) -> dict:
+            changes: dict[str, Any] = {name: new[name] for name in named}
+            if write.user_id is not None:
+                changes["userIdentifier"] = func.coalesce(threads.c.userIdentifier, new.userIdentifier)
+                changes["userId"] = func.coalesce(threads.c.userId, new.userId)
+            if write.metadata is not None and any(meta_shape):
+                changes["metadata"] = json_merge(dialect, threads.c.metadata, "m", meta_shape)
+            return changes
+
+        return upsert(dialect, threads, values, [threads.c.id], updates)
+
+    return key, build, params
 
 
-def user_upsert(dialect: str, user_id: str, identifier: str, metadata: dict, now: str):
+def user_upsert(dialect: str, user_id: str, identifier: str, metadata: dict, now: str) -> Prepared:
     """Every login: create the user, or refresh its metadata keeping id and createdAt."""
-    values = {"id": user_id, "identifier": identifier, "metadata": metadata, "createdAt": now}
-    return upsert(dialect, users, values, [users.c.identifier], lambda new: {"metadata": new.metadata})
+    params = {"v_id": user_id, "v_identifier": identifier, "v_metadata": metadata, "v_createdAt": now}
+
+    def build():
+        values = _values(users, ("id", "identifier", "metadata", "createdAt"))
+        return upsert(dialect, users, values, [users.c.identifier], lambda new: {"metadata": new.metadata})
+
+    return ("user",), build, params
 
 
-def element_upsert(dialect: str, row: dict[str, Any]):
-    columns = {k: v for k, v in row.items() if k in ELEMENT_COLUMNS}
+def element_upsert(dialect: str, row: dict[str, Any]) -> Prepared:
+    columns = tuple(sorted(k for k in row if k in ELEMENT_COLUMNS))
     extra = {k: v for k, v in row.items() if k not in ELEMENT_COLUMNS}
-    values = {**columns, "extra": extra or null()}
+    params: dict[str, Any] = {f"v_{name}": row[name] for name in columns}
+    params["v_extra"] = extra or None
 
-    def updates(new) -> dict:
-        changes = {name: new[name] for name in columns if name != "id"}
-        changes["extra"] = new.extra
-        return changes
+    def build():
+        values = _values(elements, columns)
+        values["extra"] = bindparam("v_extra", type_=JSON(none_as_null=True))
 
-    return upsert(dialect, elements, values, [elements.c.id], updates)
+        def updates(new) -> dict:
+            changes = {name: new[name] for name in columns if name != "id"}
+            changes["extra"] = new.extra
+            return changes
+
+        return upsert(dialect, elements, values, [elements.c.id], updates)
+
+    return ("element", columns), build, params
 

@@ -36,8 +36,10 @@ def _unicode_lower(value):
 
 def build_engine(url: str, options: dict[str, Any] | None = None) -> AsyncEngine:
     # hide_parameters: statement parameters carry message text and must not reach logs or
-    # exception messages (errors still name the operation and ids).
-    engine = create_async_engine(url, **{"pool_pre_ping": True, "hide_parameters": True, **(options or {})})
+    # exception messages (errors still name the operation and ids). No pre-ping (a round
+    # trip before every transaction): a connection the server dropped fails once, is
+    # invalidated with the rest of the pool, and the operation is retried.
+    engine = create_async_engine(url, **{"hide_parameters": True, **(options or {})})
     if make_url(url).get_backend_name() == "sqlite":
         _configure_sqlite(engine)
     return engine
