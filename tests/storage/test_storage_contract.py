@@ -78,7 +78,7 @@ async def make_s3(request, tmp_path: Path) -> Backend:
     storage = S3Storage.from_url(f"s3://{bucket}?region=us-east-1&endpoint_url={endpoint}", data_dir=tmp_path, secret=b"")
 
     async def fetch(url: str) -> tuple[int, bytes]:
-        # moto serves presigned URLs without checking them (design.md §5): check the
+        # moto serves presigned URLs without checking their signature or expiry: check the
         # signature here, as S3 would, before letting the request through to moto.
         if not sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="us-east-1"):
             return 403, b""
