@@ -57,7 +57,7 @@ from datalayers.dynamodb import (
     step_key,
     thread_key,
 )
-from datalayers.shared import MESSAGE_TYPES, format_timestamp
+from datalayers.timestamps import format_timestamp
 from storage.memory import MemoryStorage
 
 REGION = "us-east-1"
@@ -73,9 +73,8 @@ FAKE_AWS_ENVIRONMENT = {
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
 
-# The table Chainlit documents for chainlit.data.dynamodb.DynamoDBDataLayer: the
-# CloudFormation template of its DynamoDB data-layer docs (outside this repository as
-# ../shared/reference/dynamodb-table.cloudformation.json), the properties that shape the data.
+# The table Chainlit documents for chainlit.data.dynamodb.DynamoDBDataLayer (the
+# CloudFormation template of its DynamoDB data-layer docs): the properties that shape the data.
 CHAINLIT_TABLE = {
     "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"}
                              for name in ("PK", "SK", "UserThreadPK", "UserThreadSK")],
@@ -90,9 +89,60 @@ CHAINLIT_TABLE = {
 }
 
 # The child process: a moto server on a free port, which it prints; it ends when stdin closes.
+# Two fixes make moto behave as DynamoDB does for what is measured here. moto serves each
+# request in its own thread with no locking in its DynamoDB backend: one lock around the
+# item operations gives AWS's per-request atomicity (as the tests do). And a
+# TransactWriteItems deep-copies every table it touches to be able to roll back — hundreds of
+# milliseconds per transaction on a loaded table, a cost DynamoDB does not have: here it
+# saves and restores only the items the transaction writes.
 MOTO_SERVER = """
-import logging, sys
+import copy, functools, logging, sys, threading, types
+from moto.dynamodb import models
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.table import Table
 from moto.server import ThreadedMotoServer
+
+lock = threading.RLock()
+for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan", "batch_get_item",
+             "batch_write_item"):
+    if hasattr(DynamoDBBackend, name):
+        original = getattr(DynamoDBBackend, name)
+        def atomic(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+        setattr(DynamoDBBackend, name, functools.wraps(original)(atomic))
+
+# moto's rollback copy of a whole table becomes the table itself; the items are saved below.
+models.copy = types.SimpleNamespace(
+    deepcopy=lambda value, memo=None: value if isinstance(value, Table) else copy.deepcopy(value, memo),
+    copy=copy.copy)
+transact = DynamoDBBackend.transact_write_items
+
+def transact_write_items(self, transact_items):
+    with lock:
+        saved = []
+        for entry in transact_items:
+            kind, op = next(iter(entry.items()))
+            table = self.tables.get(op.get("TableName"))
+            if table is None:
+                continue
+            attrs = op["Item"] if kind == "Put" else op["Key"]
+            key = {k: attrs[k] for k in (table.hash_key_attr, table.range_key_attr) if k and k in attrs}
+            hash_value, range_value = self.get_keys_value(table, key)
+            saved.append((table, hash_value, range_value, copy.deepcopy(table.get_item(hash_value, range_value))))
+        try:
+            return transact(self, transact_items)
+        except Exception:
+            for table, hash_value, range_value, item in reversed(saved):
+                holder = table.items[hash_value] if range_value is not None else table.items
+                slot = range_value if range_value is not None else hash_value
+                if item is None:
+                    holder.pop(slot, None)
+                else:
+                    holder[slot] = item
+            raise
+
+DynamoDBBackend.transact_write_items = transact_write_items
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
@@ -123,14 +173,14 @@ def stop_moto(proc: subprocess.Popen) -> None:
 def items_for(data, user_id: str, ours: bool) -> list[dict]:
     """The dataset as the layer writes it. Both: threads and steps under THREAD#{id},
     feedback as a map on the rated step, threads in the UserThread index. Ours adds `_rev`,
-    step locators, feedback counters, the search digest of message text, and sorts the index
+    step locators, feedback counters, the search digest of step outputs, and sorts the index
     by last activity (Chainlit's by the time of the thread's last update_thread, here its
     creation)."""
     _, thread_rows, step_rows, feedback_rows = data
     ratings = {row["forId"]: row["value"] for row in feedback_rows}
     last_activity: dict[str, str] = {}
     rated = Counter()  # (thread id, value) -> steps
-    texts: dict[str, list[str]] = {}  # thread id -> lowercased message outputs, in order
+    texts: dict[str, list[str]] = {}  # thread id -> lowercased step outputs, in order
     items = []
     for row in step_rows:
         thread_id, step_id = row["threadId"], row["id"]
@@ -143,7 +193,7 @@ def items_for(data, user_id: str, ours: bool) -> list[dict]:
             item.update({"disableFeedback": False, REV: 1})
             items.append({**locator_key("STEP", step_id), "threadId": thread_id})
         last_activity[thread_id] = row["createdAt"]
-        if ours and row["type"] in MESSAGE_TYPES and row["output"]:
+        if ours and row["output"]:
             texts.setdefault(thread_id, []).append(row["output"].lower())
         items.append(item)
     for row in thread_rows:
@@ -160,7 +210,7 @@ def items_for(data, user_id: str, ours: bool) -> list[dict]:
 
 
 def search_digest(texts: list[str], created_at: str) -> dict:
-    """The digest our layer keeps on a thread it wrote from the start: message texts up to
+    """The digest our layer keeps on a thread it wrote from the start: step outputs up to
     TEXT_LIMIT bytes (then marked truncated), started with the thread."""
     digest, size, truncated = [], 0, False
     for text in texts:
@@ -207,7 +257,8 @@ async def chat_turn(layer, user_id: str, i: int) -> None:
 
 async def concurrent_turns(layer, user_id: str) -> tuple[float, float]:
     """TURNS chat turns at once next to a 1 ms ticker: the worst stall of the event loop
-    (how much later than asked the ticker woke up) and the elapsed time, in ms."""
+    (how much later than asked the ticker woke up) and the elapsed time, in ms. A layer that
+    journals its writes (`flush()`) is timed until they are in the table."""
     worst, done = 0.0, False
 
     async def ticker():
@@ -222,6 +273,8 @@ async def concurrent_turns(layer, user_id: str) -> tuple[float, float]:
     await asyncio.sleep(0.01)
     start = time.perf_counter()
     await asyncio.gather(*(chat_turn(layer, user_id, i) for i in range(TURNS)))
+    if hasattr(layer, "flush"):
+        await layer.flush()
     elapsed = (time.perf_counter() - start) * 1000
     done = True
     await task

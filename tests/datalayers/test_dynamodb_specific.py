@@ -1,11 +1,19 @@
 """What the shared contract cannot see on DynamoDB: the key layout, items written by
 Chainlit's own DynamoDB layer, large items, batched deletes, throttling and unprocessed
-batch items, URL parsing, provisioning from the template, and the shape of responses."""
+batch items, the requests a chat turn and a sidebar page cost, which failures the journal
+retries, URL parsing, provisioning from the template, and the shape of responses.
+
+Step, thread and element writes are journaled and return before they are applied: a test
+that looks at raw items or counts requests calls `await layer.flush()` first; a write
+DynamoDB refuses is rejected by the journal (`layer.status()["rejected"]`, the journal's
+`rejected` table) instead of raising from the call."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 import uuid
 from decimal import Decimal
 
@@ -18,6 +26,9 @@ from chainlit.types import Feedback, Pagination, ThreadFilter
 from chainlit.user import User
 
 import datalayers.dynamodb as dynamodb_module
+import datalayers.dynamodb.client as client_module
+import datalayers.dynamodb.search as search_module
+from datalayers.actor import request_user
 from datalayers.dynamodb import (
     BLOBS,
     DynamoDBDataLayer,
@@ -28,6 +39,8 @@ from datalayers.dynamodb import (
     parse_dynamodb_url,
     serialize,
 )
+from datalayers.writeback import PERMANENT, TRANSIENT
+from datalayers.writes import StepWrite
 from storage.memory import MemoryStorage
 from tests.contracts.datalayer import new_id, step, timestamp
 from tests.datalayers.test_dynamodb_contract import atomic_moto_dynamodb  # noqa: F401  (fixture)
@@ -79,6 +92,15 @@ async def new_user(layer):
     return await layer.create_user(User(identifier=f"user-{new_id()}@example.com"))
 
 
+def rejected_errors(layer) -> list[str]:
+    """The errors the journal recorded for the writes it refused (a file journal)."""
+    db = sqlite3.connect(layer.writes.journal.path)
+    try:
+        return [row[0] for row in db.execute("SELECT error FROM rejected ORDER BY seq")]
+    finally:
+        db.close()
+
+
 def assert_no_internal(value):
     """No key, index or bookkeeping attribute anywhere in a returned structure."""
     if isinstance(value, dict):
@@ -99,6 +121,7 @@ async def test_key_layout_of_every_item_type(layer, raw, table):
     feedback_id = await layer.upsert_feedback(Feedback(forId=message["id"], threadId=thread_id, value=1))
     element = File(name="a.txt", content=b"x", thread_id=thread_id, for_id=message["id"], mime="text/plain")
     await layer.create_element(element)
+    await layer.flush()
 
     stored_user = await raw_item(raw, table, f"USER#{user.identifier}", "USER")
     assert stored_user["id"] == user.id and stored_user["identifier"] == user.identifier
@@ -128,12 +151,19 @@ async def _thread(layer, user, **kwargs) -> str:
 async def test_new_message_moves_the_index_sort_key(layer, raw, table):
     user = await new_user(layer)
     thread_id = await _thread(layer, user)
+    await layer.flush()
     before = (await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD"))["UserThreadSK"]
     await asyncio.sleep(0.002)
-    await layer.create_step(step(thread_id))
+    message = step(thread_id)
+    await layer.create_step(message)
+    await layer.flush()
     after = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
     assert after["UserThreadSK"] > before
-    await layer.update_thread(thread_id, name="renamed")  # a rename is not activity
+    # Neither a rename nor an update of an old message (a rating, a favourite) is activity.
+    await layer.update_thread(thread_id, name="renamed")
+    await layer.update_step({**message, "output": "edited"})
+    await layer.set_step_favorite(dict(message), True)
+    await layer.flush()
     assert (await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD"))["UserThreadSK"] == after["UserThreadSK"]
 
 
@@ -178,11 +208,21 @@ async def test_responses_carry_no_keys_and_numbers_keep_their_type(layer):
     assert "updatedAt" not in thread and "updatedAt" not in page.data[0]
 
 
-async def test_non_finite_numbers_are_refused_with_the_field_named(layer):
-    user = await new_user(layer)
-    thread_id = await _thread(layer, user)
-    with pytest.raises(ValueError, match="generation"):
+async def test_non_finite_numbers_are_refused_with_the_field_named(moto_endpoint, table, tmp_path):
+    # Journaled: the write returns, and the journal refuses it for good (a retry cannot
+    # help), recording the error with the field named.
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, table), storage=MemoryStorage(),
+                                       journal=tmp_path / "journal.sqlite3")
+    try:
+        user = await new_user(layer)
+        thread_id = await _thread(layer, user)
         await layer.create_step(step(thread_id, generation={"score": float("nan")}))
+        await layer.flush()
+        assert layer.status()["rejected"] == 1
+        [error] = rejected_errors(layer)
+        assert error.startswith("ValueError") and "generation" in error
+    finally:
+        await layer.close()
 
 
 # ---------------------------------------------------------------------- Chainlit's items
@@ -260,6 +300,7 @@ async def test_large_step_attributes_go_to_blobs_and_come_back_whole(layer, raw,
     data = step(thread_id, type="assistant_message", output=output,
                 metadata={"context": ["y" * 1000 for _ in range(120)]})
     await layer.create_step(data)
+    await layer.flush()
 
     stored = await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{data['id']}")
     assert set(stored[BLOBS]) >= {"output"} and "output" not in stored
@@ -274,14 +315,17 @@ async def test_large_step_attributes_go_to_blobs_and_come_back_whole(layer, raw,
 
     # An unrelated change keeps the blob; a new output replaces it and removes the old one.
     await layer.update_step({"id": data["id"], "threadId": thread_id, "language": "de"})
+    await layer.flush()
     assert (await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{data['id']}"))[BLOBS]["output"] == first_output_key
     await layer.update_step({"id": data["id"], "threadId": thread_id, "output": "short now"})
+    await layer.flush()
     stored = await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{data['id']}")
     assert stored["output"] == "short now" and "output" not in stored.get(BLOBS, {})
     assert first_output_key not in layer.storage.objects
     assert (await layer.get_thread(thread_id))["steps"][0]["language"] == "de"
 
     await layer.delete_thread(thread_id)
+    await layer.flush()
     assert not [k for k in layer.storage.objects if f"/{thread_id}/" in k]
 
 
@@ -289,6 +333,7 @@ async def test_large_thread_metadata_round_trips_and_shrinks_back(layer, raw, ta
     user = await new_user(layer)
     session = {"history": ["x" * 1000 for _ in range(350)], "count": 350}  # ~350 KB
     thread_id = await _thread(layer, user, metadata=session)
+    await layer.flush()
     stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
     key = stored[BLOBS]["metadata"]
     assert user.identifier in key and thread_id in key  # grouped with the user's other blobs
@@ -297,16 +342,24 @@ async def test_large_thread_metadata_round_trips_and_shrinks_back(layer, raw, ta
     assert page.data[0]["metadata"] == session
 
     await layer.update_thread(thread_id, metadata={"history": None})
+    await layer.flush()
     stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
     assert stored["metadata"] == {"count": 350} and not stored.get(BLOBS)
     assert key not in layer.storage.objects
 
 
-async def test_too_large_without_storage_is_a_clear_error(moto_endpoint, table):
-    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, table))  # no storage client
+async def test_too_large_without_storage_is_a_clear_error(moto_endpoint, table, tmp_path):
+    layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, table),  # no storage client
+                                       journal=tmp_path / "journal.sqlite3")
     try:
-        with pytest.raises(RuntimeError, match="no storage client"):
-            await layer.update_thread(new_id(), metadata={"big": "z" * 100_000})
+        thread_id = new_id()
+        await layer.update_thread(thread_id, metadata={"big": "z" * 100_000})
+        await layer.flush()
+        # Refused at once: a retry cannot succeed until storage is configured.
+        assert layer.status()["rejected"] == 1
+        [error] = rejected_errors(layer)
+        assert "no storage client" in error and thread_id in error
+        assert await layer.get_thread(thread_id) is None
     finally:
         await layer.close()
 
@@ -347,12 +400,13 @@ def throttled(operation):
 
 @pytest.fixture
 async def faulty(moto_endpoint, table, monkeypatch):
-    monkeypatch.setattr(dynamodb_module, "_backoff", lambda attempt, **kw: 0.001)
+    monkeypatch.setattr(client_module, "_backoff", lambda attempt, **kw: 0.001)
     session = aioboto3.Session()
     async with session.client("dynamodb", region_name=REGION, endpoint_url=moto_endpoint) as real:
         client = FaultyClient(real, {})
         layer = DynamoDBDataLayer(table, storage=MemoryStorage(), client=client, verify_table=False)
         yield layer, client
+        await layer.close()
 
 
 async def test_throttling_is_retried_then_succeeds(faulty):
@@ -366,7 +420,7 @@ async def test_throttling_is_retried_then_succeeds(faulty):
 
 async def test_throttling_that_persists_is_raised_with_context(faulty):
     layer, client = faulty
-    client.faults["get_item"] = [throttled("GetItem")] * dynamodb_module.THROTTLE_ATTEMPTS
+    client.faults["get_item"] = [throttled("GetItem")] * client_module.THROTTLE_ATTEMPTS
     thread_id = new_id()
     with pytest.raises(DynamoDBError, match=f"get_thread_author.*{thread_id}.*ProvisionedThroughputExceeded") as info:
         await layer.get_thread_author(thread_id)
@@ -413,7 +467,7 @@ async def test_delete_thread_batches_and_retries_unprocessed_items(faulty, raw, 
 
 async def test_unprocessed_items_that_never_clear_are_an_error(faulty, monkeypatch, table):
     layer, client = faulty
-    monkeypatch.setattr(dynamodb_module, "BATCH_ATTEMPTS", 3)
+    monkeypatch.setattr(client_module, "BATCH_ATTEMPTS", 3)
     user = await layer.create_user(User(identifier=f"stuck-{new_id()}"))
     thread_id = await _thread(layer, user)
     await layer.create_step(step(thread_id))
@@ -443,17 +497,25 @@ async def test_blobs_of_a_failed_write_are_removed_only_when_nothing_was_written
 
         raise ReadTimeoutError(endpoint_url="http://dynamodb")
 
+    await layer.flush()
     before = set(layer.storage.objects)
+    # Too large inline: the general path (read, thread, locator, step with its blob).
     client.faults["put_item"] = [lambda kwargs: None, refused]  # the locator passes, the step is refused
-    with pytest.raises(DynamoDBError, match="ValidationException"):
-        await layer.create_step(big)
+    await layer.create_step(big)
+    await layer.flush()
+    assert layer.status()["rejected"] == 1  # refused for good, not retried
     assert set(layer.storage.objects) == before  # refused: nothing points at the blob
 
+    retried = step(thread_id, output="r" * 100_000)
     client.faults["put_item"] = [lambda kwargs: None, timed_out]
-    with pytest.raises(DynamoDBError, match="timeout"):
-        await layer.create_step(step(thread_id, output="r" * 100_000))
-    # Unknown outcome: the item may point at the new blob, so it stays.
-    assert len(set(layer.storage.objects) - before) == 1
+    await layer.create_step(retried)
+    await layer.flush()
+    # A timeout is retried by the journal, and the retry writes the step with a new blob.
+    # The first attempt's outcome was unknown (the item might point at its blob), so that
+    # blob stays: an orphaned blob is better than a broken item.
+    assert layer.status()["rejected"] == 1
+    assert [s["output"] for s in (await layer.get_thread(thread_id))["steps"]] == [retried["output"]]
+    assert len(set(layer.storage.objects) - before) == 2
 
 
 async def test_aws_errors_carry_operation_and_ids(moto_endpoint):
@@ -492,10 +554,231 @@ async def test_requests_in_flight_are_bounded(moto_endpoint, table):
         layer = DynamoDBDataLayer(table, storage=MemoryStorage(), client=Counting(real), verify_table=False,
                                   max_concurrency=4)
         user = await layer.create_user(User(identifier=f"fanout-{new_id()}"))
-        thread_id = await _thread(layer, user)
-        await asyncio.gather(*(layer.create_step(step(thread_id, createdAt=timestamp(i))) for i in range(30)))
+        # One thread's writes are applied in order; different threads' in parallel.
+        threads = [await _thread(layer, user) for _ in range(30)]
+        await asyncio.gather(*(layer.create_step(step(thread_id)) for thread_id in threads))
+        await layer.flush()
         assert peak == 4
-        assert len((await layer.get_thread(thread_id))["steps"]) == 30
+        assert [len((await layer.get_thread(t))["steps"]) for t in threads] == [1] * 30
+        await layer.close()
+
+
+# ---------------------------------------------------------------------- requests per write
+def server_error(operation):
+    def fault(kwargs):
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "try again"}}, operation)
+    return fault
+
+
+def unreachable(kwargs):
+    from botocore.exceptions import EndpointConnectionError
+
+    raise EndpointConnectionError(endpoint_url="http://dynamodb")
+
+
+async def _warm(layer, client):
+    """A signed-in user with a thread, its identifier cached and connections open, as after
+    the first message of a session; the counts are cleared."""
+    user = await layer.create_user(User(identifier=f"counted-{new_id()}"))
+    thread_id = await _thread(layer, user, name="counted")
+    await _chat(layer, thread_id, "warm", "up")
+    await layer.flush()
+    await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user.id))
+    client.calls.clear()
+    return user, thread_id
+
+
+async def test_a_chat_turn_costs_at_most_four_requests(faulty, raw, table):
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    token = request_user.set(user.identifier)
+    try:
+        # As Chainlit fires them: the question, the reply created empty, its final text.
+        await _chat(layer, thread_id, "what is the plan?", "the PLAN is ready")
+        await layer.flush()
+        # A TransactWriteItems per created step (the step, the thread's activity, owner and
+        # digest, the locator) and one for the reply's text and its digest entry; the
+        # journal may fold the reply's create and update into one. No read, no PutItem.
+        assert set(client.calls) == {"transact_write_items"} and sum(client.calls.values()) <= 4, client.calls
+
+        # Each write applied before the next is made: exactly one request each.
+        client.calls.clear()
+        question = step(thread_id, type="user_message", output="and then?")
+        reply = step(thread_id, type="assistant_message", output="")
+        for write in (layer.create_step(question), layer.create_step(reply),
+                      layer.update_step({**reply, "output": "then THIS"})):
+            await write
+            await layer.flush()
+        assert client.calls == {"transact_write_items": 3}, client.calls
+    finally:
+        request_user.reset(token)
+    assert await _search(layer, user, "then this") == [thread_id]
+    assert await _search(layer, user, "plan is ready") == [thread_id]
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert stored["_textSince"] == stored["createdAt"] and "_textTruncated" not in stored
+
+
+async def test_a_sidebar_page_is_one_query(faulty):
+    layer, client = faulty
+    user, _ = await _warm(layer, client)
+    session = {"history": ["x" * 1000 for _ in range(60)]}  # over the inline limit: in a blob
+    big = await _thread(layer, user, name="big session", metadata=session, tags=["t"])
+    await layer.flush()
+    client.calls.clear()
+    page = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user.id))
+    assert client.calls == {"query": 1}, client.calls  # no BatchGetItem: the index has it all
+    listed = {t["id"]: t for t in page.data}
+    assert listed[big]["metadata"] == session and listed[big]["tags"] == ["t"]
+    assert listed[big]["userId"] == user.id and listed[big]["userIdentifier"] == user.identifier
+    assert listed[big]["name"] == "big session" and listed[big]["createdAt"]
+    assert_no_internal(page.data)
+
+
+async def test_an_update_is_one_update_item(faulty, raw, table):
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    message = step(thread_id, output="first", metadata={"keep": 1, "gone": 2})
+    await layer.create_step(message)
+    await layer.flush()
+    before = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+
+    client.calls.clear()
+    await layer.update_step({"id": message["id"], "threadId": thread_id, "language": "de",
+                             "metadata": {"new": {"nested": True}, "gone": None}})
+    await layer.flush()
+    assert client.calls == {"update_item": 1}, client.calls
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{message['id']}")
+    assert stored["metadata"] == {"keep": 1, "new": {"nested": True}} and stored["language"] == "de"
+    assert stored["output"] == "first" and stored["_rev"] == 2
+
+    client.calls.clear()  # a new text: the step and its digest entry in one transaction
+    await layer.update_step({**message, "output": "Second TEXT"})
+    await layer.flush()
+    assert client.calls == {"transact_write_items": 1}, client.calls
+
+    client.calls.clear()  # the same text again (a favourite sends the whole step): no digest entry
+    await layer.set_step_favorite({**message, "output": "Second TEXT"}, True)
+    await layer.flush()
+    assert client.calls == {"update_item": 1}, client.calls
+    thread = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert thread["_text"].count("second text") == 1
+    assert thread["UserThreadSK"] == before["UserThreadSK"]  # updates are not activity
+    assert [s["id"] for s in await layer.get_favorite_steps(user.id)] == [message["id"]]
+
+    # Too many metadata keys for one update expression (4 KB): read, merge, write back.
+    client.calls.clear()
+    many = {f"key-{i}": i for i in range(300)}
+    await layer.update_step({"id": message["id"], "threadId": thread_id, "metadata": many})
+    await layer.flush()
+    assert "update_item" not in client.calls and client.calls.get("put_item") == 1, client.calls
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{message['id']}")
+    assert stored["metadata"]["key-299"] == 299 and stored["metadata"]["favorite"] is True
+    assert layer.status()["rejected"] == 0
+
+
+async def test_a_repeated_create_merges_by_the_fill_rules(faulty, raw, table):
+    layer, client = faulty
+    _, thread_id = await _warm(layer, client)
+    first = step(thread_id, name="First", output="kept", input="", metadata={"a": 1}, createdAt=timestamp(1))
+    await layer.create_step(first)
+    await layer.flush()
+    # The step exists: the transaction is cancelled and the general path merges.
+    await layer.create_step({**first, "name": "Second", "output": "", "input": "filled", "language": "en",
+                             "metadata": {"a": 2, "b": 3}})
+    await layer.flush()
+    stored = (await layer.get_thread(thread_id))["steps"][-1]
+    assert (stored["name"], stored["output"], stored["input"], stored["language"]) == ("First", "kept", "filled", "en")
+    assert stored["metadata"] == {"a": 1, "b": 3}
+
+    # An update applied before its create: the create fills only what is still empty.
+    early = step(thread_id, output="", streaming=True, createdAt=timestamp(2))
+    await layer.update_step({**early, "output": "final answer", "streaming": False})
+    await layer.flush()
+    await layer.create_step(early)
+    await layer.flush()
+    stored = (await layer.get_thread(thread_id))["steps"][-1]
+    assert stored["id"] == early["id"] and stored["output"] == "final answer" and stored["streaming"] is False
+    assert (await raw_item(raw, table, f"STEP#{early['id']}", "LOCATOR"))["threadId"] == thread_id
+    assert "final answer" in (await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD"))["_text"]
+
+
+async def test_a_fill_in_an_update_only_write_follows_the_fill_rule(faulty):
+    # Chainlit's calls never produce one (a fill comes with a create), but a write is a
+    # StepWrite: `if_not_exists` does not see an empty value, so the general path fills it.
+    layer, client = faulty
+    _, thread_id = await _warm(layer, client)
+    empty, full = step(thread_id, output="", language=""), step(thread_id, output="there", createdAt=timestamp(3))
+    for data in (empty, full):
+        await layer.create_step(data)
+    await layer.flush()
+    for data in (empty, full):
+        await layer.steps.write(StepWrite(data["id"], thread_id, fill={"output": "filled", "language": "en",
+                                                                      "mode": "new"},
+                                          fill_metadata={"added": 1}), None)
+    steps = {s["id"]: s for s in (await layer.get_thread(thread_id))["steps"]}
+    assert (steps[empty["id"]]["output"], steps[empty["id"]]["language"]) == ("filled", "en")
+    assert (steps[full["id"]]["output"], steps[full["id"]]["language"]) == ("there", "en")
+    assert steps[full["id"]]["mode"] == "new" and steps[full["id"]]["metadata"] == {"added": 1}
+
+
+async def test_transient_failures_are_retried_by_the_journal_without_errors(faulty, caplog):
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    client.faults["transact_write_items"] = [throttled("TransactWriteItems"), server_error("TransactWriteItems"),
+                                             unreachable]
+    # The layer's logger by name: Chainlit's own DynamoDB module sets that logger's level
+    # when it is imported (other tests here import it).
+    with caplog.at_level(logging.DEBUG, logger="chainlit"), caplog.at_level(logging.DEBUG, logger=layer.logger.name):
+        message = step(thread_id, type="user_message", output="through the outage")
+        await layer.create_step(message)
+        assert await layer.flush(30)
+    assert client.calls["transact_write_items"] == 4
+    assert layer.status()["rejected"] == 0 and not layer.status()["degraded"]
+    stored = {s["id"]: s for s in (await layer.get_thread(thread_id))["steps"]}
+    assert stored[message["id"]]["output"] == "through the outage"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records
+                                                                          if r.levelno >= logging.ERROR]
+    assert any("create_step" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records)
+
+
+def test_failure_kinds():
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    from datalayers.dynamodb.failures import failure_kind
+    from datalayers.dynamodb.large import TooLarge
+
+    def aws(code, reasons=()):
+        error = DynamoDBError(f"op: {code}", code, reasons)
+        error.__cause__ = ClientError({"Error": {"Code": code, "Message": "m"}}, "Op")
+        return error
+
+    def boto(exc):
+        error = DynamoDBError("op: failed")
+        error.__cause__ = exc
+        return error
+
+    for code in ("ThrottlingException", "ProvisionedThroughputExceededException", "InternalServerError",
+                 "ServiceUnavailable", "TransactionConflict", "RequestLimitExceeded"):
+        assert failure_kind(aws(code)) == TRANSIENT, code
+    assert failure_kind(aws("TransactionCanceledException", ("None", "TransactionConflict"))) == TRANSIENT
+    assert failure_kind(aws("TransactionCanceledException", ("ThrottlingError", "None"))) == TRANSIENT
+    assert failure_kind(aws("TransactionCanceledException", ("ValidationError", "None"))) == PERMANENT
+    for exc in (ReadTimeoutError(endpoint_url="u"), ConnectTimeoutError(endpoint_url="u")):
+        assert failure_kind(boto(exc)) == TRANSIENT
+    assert failure_kind(boto(unreachable_error())) == TRANSIENT
+    for code in ("ValidationException", "SerializationException", "ItemCollectionSizeLimitExceededException"):
+        assert failure_kind(aws(code)) == PERMANENT, code
+    assert failure_kind(TooLarge("too large")) is None  # a ValueError: the base refuses it
+    # A table that needs `upgrade`: the writes wait for the operator.
+    assert failure_kind(DynamoDBError("index lacks attributes", "IncompatibleTable")) == TRANSIENT
+    raw_error = ClientError({"Error": {"Code": "ValidationException", "Message": "bad"}}, "PutItem")
+    assert failure_kind(raw_error) == PERMANENT
+
+
+def unreachable_error():
+    from botocore.exceptions import EndpointConnectionError
+
+    return EndpointConnectionError(endpoint_url="http://dynamodb")
 
 
 # ---------------------------------------------------------------------- search digest
@@ -526,6 +809,7 @@ async def test_search_reads_digests_instead_of_one_query_per_thread(faulty, raw,
     renamed = threads[10]
     await layer.update_thread(renamed, name="needle by name")
 
+    await layer.flush()
     client.calls.clear()
     found = await _search(layer, user, "nEEdle")
     assert sorted(found) == sorted([threads[3], threads[8], renamed])
@@ -554,6 +838,7 @@ async def test_a_step_arriving_before_update_thread_starts_a_complete_digest(fau
     await layer.update_thread(thread_id, name="late", user_id=user.id)
     other = await _thread(layer, user, name="other")
     await _chat(layer, other, "hello", "world")
+    await layer.flush()
     client.calls.clear()
     assert await _search(layer, user, "needle") == [thread_id]
     assert client.calls.get("query") == 1, client.calls
@@ -570,6 +855,7 @@ async def test_search_falls_back_to_messages_for_threads_without_a_digest(faulty
     user = await layer.get_user(identifier)
     ours = await _thread(layer, user, name="ours")
     await _chat(layer, ours, "hello", "world")
+    await layer.flush()
 
     client.calls.clear()
     assert await _search(layer, user, "needle") == [legacy]
@@ -578,6 +864,7 @@ async def test_search_falls_back_to_messages_for_threads_without_a_digest(faulty
     # A new message through our layer does not make the legacy digest look complete:
     # the old message is still found.
     await layer.create_step(step(legacy, type="assistant_message", output="a new reply"))
+    await layer.flush()
     stored = await raw_item(raw, table, f"THREAD#{legacy}", "THREAD")
     assert stored["_text"] == ["a new reply"] and stored["_textSince"] != stored["createdAt"]
     assert await _search(layer, user, "needle") == [legacy]
@@ -586,16 +873,18 @@ async def test_search_falls_back_to_messages_for_threads_without_a_digest(faulty
 
 async def test_a_full_digest_is_truncated_and_search_reads_the_messages(faulty, raw, table, monkeypatch):
     layer, client = faulty
-    monkeypatch.setattr(dynamodb_module, "TEXT_LIMIT", 100)
+    monkeypatch.setattr(search_module, "TEXT_LIMIT", 100)
     user = await layer.create_user(User(identifier=f"digest-{new_id()}"))
     thread_id = await _thread(layer, user, name="long")
     await _chat(layer, thread_id, "a" * 40, "b" * 40)
     await _chat(layer, thread_id, "the NEEDLE comes late", "c" * 10)
+    await layer.flush()
     stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
     assert stored["_textTruncated"] is True and stored["_textBytes"] <= 100
     assert all("needle" not in t for t in stored["_text"])
     big = await _thread(layer, user, name="big")
     await layer.create_step(step(big, type="assistant_message", output="needle " + "x" * 200))
+    await layer.flush()
     assert (await raw_item(raw, table, f"THREAD#{big}", "THREAD"))["_textTruncated"] is True
 
     client.calls.clear()
@@ -609,9 +898,12 @@ async def test_appending_to_the_digest_never_creates_a_thread_item(layer, raw, t
     thread_id = await _thread(layer, user)
     reply = step(thread_id, type="assistant_message", output="")
     await layer.create_step(reply)
+    await layer.flush()
     await raw.delete_item(TableName=table, Key=serialize({"PK": f"THREAD#{thread_id}", "SK": "THREAD"}))
     await layer.update_step({**reply, "output": "late text"})
+    await layer.flush()
     assert await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD") is None
+    assert (await raw_item(raw, table, f"THREAD#{thread_id}", f"STEP#{reply['id']}"))["output"] == "late text"
 
 
 async def test_the_digest_never_moves_to_blobs(moto_endpoint, table, raw):
@@ -623,6 +915,7 @@ async def test_the_digest_never_moves_to_blobs(moto_endpoint, table, raw):
         for i in range(4):
             await layer.create_step(step(thread_id, type="user_message", output=f"message {i} " + "z" * 3000))
         await layer.update_thread(thread_id, metadata={"more": 2})
+        await layer.flush()
         stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
         assert len(stored["_text"]) == 4 and not stored.get(BLOBS)  # 12 KB digest, nothing moved
         assert (await layer.get_thread(thread_id))["metadata"] == {"small": 1, "more": 2}
@@ -643,6 +936,7 @@ async def test_delete_step_and_element_find_their_thread_by_id(layer, raw, table
     attached_key = (await layer.get_element(thread_id, attached.id))["objectKey"]
 
     await layer.delete_step(doomed["id"])  # no thread id given: found through the locator
+    await layer.flush()
     assert await raw_item(raw, table, f"STEP#{doomed['id']}", "LOCATOR") is None
     assert await raw_item(raw, table, f"ELEMENT#{attached.id}", "LOCATOR") is None
     assert attached_key not in layer.storage.objects
@@ -651,6 +945,7 @@ async def test_delete_step_and_element_find_their_thread_by_id(layer, raw, table
     assert [e["id"] for e in thread["elements"]] == [loose.id]
 
     await layer.delete_element(loose.id)  # no thread id given
+    await layer.flush()
     assert (await layer.get_thread(thread_id))["elements"] == []
     assert await raw_item(raw, table, f"ELEMENT#{loose.id}", "LOCATOR") is None
 
@@ -661,6 +956,7 @@ async def test_concurrent_ratings_keep_the_thread_counters_exact(layer, raw, tab
     steps = [step(thread_id, createdAt=timestamp(i)) for i in range(8)]
     for data in steps:
         await layer.create_step(data)
+    await layer.flush()
     await asyncio.gather(*(layer.upsert_feedback(Feedback(forId=s["id"], threadId=thread_id, value=i % 2))
                            for i, s in enumerate(steps)))
     thread = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
@@ -668,6 +964,7 @@ async def test_concurrent_ratings_keep_the_thread_counters_exact(layer, raw, tab
     await asyncio.gather(*(layer.upsert_feedback(Feedback(forId=s["id"], threadId=thread_id, value=1))
                            for s in steps[:4]))
     await layer.delete_step(steps[7]["id"])
+    await layer.flush()
     thread = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
     assert (thread["_feedbackUp"], thread["_feedbackDown"]) == (5, 2)
 
@@ -741,8 +1038,8 @@ async def test_auto_migrate_creates_the_table_on_first_use(moto_endpoint, raw):
 
 
 async def test_a_table_made_from_chainlits_template_is_refused_with_instructions(moto_endpoint, raw):
-    # The seed's table: same keys, but its UserThread index projects only id and name.
-    name = f"seed-{uuid.uuid4().hex[:8]}"
+    # Chainlit's documented table: same keys, but its UserThread index projects only id and name.
+    name = f"chainlit-{uuid.uuid4().hex[:8]}"
     properties = dynamodb_module.load_table_template()
     await raw.create_table(
         TableName=name, AttributeDefinitions=properties["AttributeDefinitions"], KeySchema=properties["KeySchema"],
@@ -763,7 +1060,7 @@ async def test_upgrade_makes_a_chainlit_table_serve_this_layer(moto_endpoint, ra
 
     name = f"chainlit-{uuid.uuid4().hex[:8]}"
     properties = dynamodb_module.load_table_template()
-    await raw.create_table(  # the seed's table, as Chainlit users have it
+    await raw.create_table(  # Chainlit's documented table, as Chainlit users have it
         TableName=name, AttributeDefinitions=properties["AttributeDefinitions"], KeySchema=properties["KeySchema"],
         BillingMode="PAY_PER_REQUEST",
         GlobalSecondaryIndexes=[{**properties["GlobalSecondaryIndexes"][0],
@@ -790,6 +1087,51 @@ async def test_upgrade_makes_a_chainlit_table_serve_this_layer(moto_endpoint, ra
         assert [t["id"] for t in liked.data] == [rated]
         listed = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
         assert sorted(t["id"] for t in listed.data) == sorted([rated, plain])
+    finally:
+        await layer.close()
+
+
+async def test_upgrade_recreates_an_index_with_the_earlier_projection(moto_endpoint, raw):
+    # Tables provisioned before sidebar pages came from the index alone project only the
+    # name and the feedback counters: refused with the instruction, then upgraded.
+    name = f"earlier-{uuid.uuid4().hex[:8]}"
+    properties = dynamodb_module.load_table_template()
+    earlier = ["id", "name", "_feedbackUp", "_feedbackDown"]
+    await raw.create_table(
+        TableName=name, AttributeDefinitions=properties["AttributeDefinitions"], KeySchema=properties["KeySchema"],
+        BillingMode="PAY_PER_REQUEST",
+        GlobalSecondaryIndexes=[{**properties["GlobalSecondaryIndexes"][0],
+                                 "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": earlier}}],
+    )
+    url = url_for(moto_endpoint, name)
+    writer = DynamoDBDataLayer.from_url(url, storage=MemoryStorage(), verify_table=False)
+    user = await writer.create_user(User(identifier="earlier-user"))
+    thread_id = new_id()
+    await writer.update_thread(thread_id, name="kept", user_id=user.id, metadata={"m": 1}, tags=["t"])
+    await writer.close()
+
+    refused = DynamoDBDataLayer.from_url(url, storage=MemoryStorage())
+    waiting = step(thread_id, output="written once the table is upgraded")
+    try:
+        with pytest.raises(DynamoDBError, match="metadata.*datalayers.dynamodb upgrade"):
+            await refused.get_user("earlier-user")
+        # A write is kept in the journal meanwhile, not refused: it is applied after `upgrade`.
+        await refused.create_step(waiting)
+        assert not await refused.flush(0.5)
+        assert await asyncio.to_thread(main, ["upgrade", "--url", url]) == 0
+        assert await refused.flush(30)
+        assert refused.status()["rejected"] == 0
+    finally:
+        await refused.close()
+    description = (await raw.describe_table(TableName=name))["Table"]
+    wanted = properties["GlobalSecondaryIndexes"][0]["Projection"]
+    assert description["GlobalSecondaryIndexes"][0]["Projection"] == wanted
+    layer = DynamoDBDataLayer.from_url(url, storage=MemoryStorage())
+    try:
+        assert [s["id"] for s in (await layer.get_thread(thread_id))["steps"]] == [waiting["id"]]
+        page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))
+        listed = [(t["id"], t["name"], t["metadata"], t["tags"]) for t in page.data]
+        assert listed == [(thread_id, "kept", {"m": 1}, ["t"])]
     finally:
         await layer.close()
 

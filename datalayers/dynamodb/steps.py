@@ -1,0 +1,314 @@
+"""Step writes, one request each on the hot path.
+
+* A write that creates a step is ONE TransactWriteItems: the step (an Update that must not
+  find it: a new step), the thread (created if missing; activity time moved; `_rev`
+  bumped; the output appended to the search digest under its size condition; an owner
+  given if it has none) and the step's locator. No read first.
+* A write that only updates a step is ONE UpdateItem (overwrites SET, fills with
+  `if_not_exists`, metadata per key), conditional on the step existing with no attribute in
+  blob storage; when it changes the output, a TransactWriteItems of that update and the
+  digest append. Updates never move the thread's activity time (rating or favouriting an
+  old message must not reorder the sidebar).
+* Anything else takes the general path, as before the fast paths existed: read the step,
+  `write.apply_to(stored)`, write it back conditional on `_rev` (large attributes moved to
+  blob storage). That is: the step already exists for a create (a repeated create, or an
+  update that arrived first), the step is missing or has blobs for an update, its values
+  are larger than the inline limit, or a condition did not hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+from ..writes import StepWrite
+from .client import CONFLICT_ATTEMPTS, DynamoDBError, Table, _backoff, retry_conflicts
+from .items import (
+    BLOBS,
+    REV,
+    TEXT_TRUNCATED,
+    Expression,
+    activity_sort_key,
+    locator_key,
+    serialize,
+    step_key,
+    storable,
+    thread_key,
+)
+from .large import LargeAttributes, put_versioned
+from .search import DigestMemory, digest_append, digest_text
+
+CCF = "ConditionalCheckFailed"
+#: DynamoDB refuses an expression string longer than 4 KB (a step with many metadata keys
+#: written key by key could reach it): such a write takes the general path.
+MAX_EXPRESSION = 4000
+
+
+def _expressions_fit(request: Dict[str, Any]) -> bool:
+    return all(len(request.get(k, "")) <= MAX_EXPRESSION for k in ("UpdateExpression", "ConditionExpression"))
+
+
+def _refused_path(exc: DynamoDBError) -> bool:
+    """An update refused because a path it names is not what the condition assumed (a
+    metadata that is not a map, on an endpoint that checks paths before conditions)."""
+    return exc.code == "ValidationException" and "document path" in str(exc).lower()
+
+
+def thread_update(table: str, thread_id: str, at: str, *, actor: Optional[str], actor_id: Optional[str],
+                  may_create: bool, bump: bool, text: Optional[str], truncated: bool) -> Tuple[Dict[str, Any], bool]:
+    """The Update of the thread a step write touches, and whether it appends `text` to the
+    digest. `may_create`: create the thread when missing (a step may be its first write);
+    otherwise the update requires it, so a deleted thread is never brought back. `bump`:
+    its activity time becomes `at`. An ownerless thread gets `actor` as owner; an owned one
+    keeps its owner. `_rev` moves, so a concurrent read-modify-write of the thread re-reads
+    instead of writing back the digest it read."""
+    e = Expression()
+    sets = [f"{e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"]
+    adds: List[str] = []
+    conditions: List[str] = []
+    if may_create:
+        when, order = e.value(at), e.value(activity_sort_key(at, thread_id))
+        if bump:
+            sets += [f"{e.name('updatedAt')} = {when}", f"{e.name('UserThreadSK')} = {order}"]
+        else:
+            sets += [f"{e.name(n)} = if_not_exists({e.name(n)}, {v})"
+                     for n, v in (("updatedAt", when), ("UserThreadSK", order))]
+        # `_textSince` equals `createdAt` only when the digest starts with the thread: a
+        # thread written by Chainlit's layer gets a later one, and search does not trust
+        # its digest to be complete.
+        sets += [f"{e.name(n)} = if_not_exists({e.name(n)}, {v})"
+                 for n, v in (("id", e.value(thread_id)), ("createdAt", when), ("_textSince", when),
+                              ("metadata", e.value({})))]
+    else:
+        conditions.append(f"attribute_exists({e.name('PK')})")
+    if actor:
+        owner = [("userIdentifier", actor), ("UserThreadPK", f"USER#{actor}")]
+        if actor_id:
+            owner.append(("userId", actor_id))
+        sets += [f"{e.name(n)} = if_not_exists({e.name(n)}, {e.value(v)})" for n, v in owner]
+    appends = False
+    if text is not None:
+        append = None if truncated else digest_append(e, text)
+        if append is None:
+            sets.append(f"{e.name(TEXT_TRUNCATED)} = {e.value(True)}")
+        else:
+            set_text, add_bytes, condition = append
+            sets.append(set_text)
+            adds.append(add_bytes)
+            conditions.append(condition)
+            appends = True
+    expression = "SET " + ", ".join(sets) + (" ADD " + ", ".join(adds) if adds else "")
+    request: Dict[str, Any] = {"TableName": table, "Key": serialize(thread_key(thread_id)),
+                               "UpdateExpression": expression, **e.kwargs()}
+    if conditions:
+        request["ConditionExpression"] = " AND ".join(conditions)
+    return request, appends
+
+
+def _clean(write: StepWrite) -> StepWrite:
+    """The write without attribute names this layer reserves (a key attribute in a step
+    dict would move or corrupt the item)."""
+    return StepWrite(write.id, write.thread_id, storable(write.fill), storable(write.overwrite),
+                     dict(write.fill_metadata), dict(write.overwrite_metadata), write.created, write.at)
+
+
+def _reason(exc: DynamoDBError, index: int) -> Optional[str]:
+    if exc.code != "TransactionCanceledException" or index >= len(exc.reasons):
+        return None
+    return exc.reasons[index]
+
+
+class StepWrites:
+    def __init__(self, table: Table, large: LargeAttributes, digests: DigestMemory, logger: logging.Logger, *,
+                 owner_id: Callable[[Optional[str]], Optional[str]],
+                 delete_blobs: Callable[[List[str], str], Awaitable[None]]):
+        self.table = table
+        self.large = large
+        self.digests = digests
+        self.logger = logger
+        self.owner_id = owner_id  # the cached user id of an identifier, or None
+        self.delete_blobs = delete_blobs  # the base's journaled blob deletion
+
+    async def write(self, write: StepWrite, actor: Optional[str]) -> None:
+        write = _clean(write)
+        if write.created:
+            await self._create(write, actor)
+        else:
+            await self._update(write, actor)
+
+    @staticmethod
+    def _ids(write: StepWrite) -> Dict[str, Any]:
+        return {"step_id": write.id, "thread_id": write.thread_id}
+
+    # ------------------------------------------------------------------ create: one transaction
+    async def _create(self, write: StepWrite, actor: Optional[str]) -> None:
+        row = {**write.new_row(), **step_key(write.thread_id, write.id)}
+        if not self.large.fits(row):
+            return await self._general(write, actor)
+        text = digest_text(row.get("output"))
+        truncated = self.digests.is_truncated(write.thread_id)
+        e = Expression()
+        sets = [f"{e.name(k)} = {e.value(v, k)}" for k, v in row.items() if k not in ("PK", "SK") and v is not None]
+        sets.append(f"{e.name(REV)} = {e.value(1)}")
+        step = {"TableName": self.table.name, "Key": serialize(step_key(write.thread_id, write.id)),
+                "UpdateExpression": "SET " + ", ".join(sets),
+                "ConditionExpression": f"attribute_not_exists({e.name('PK')})", **e.kwargs()}
+        if not _expressions_fit(step):
+            return await self._general(write, actor)
+        locator = {"TableName": self.table.name,
+                   "Item": serialize({**locator_key("STEP", write.id), "threadId": write.thread_id})}
+        for attempt in range(CONFLICT_ATTEMPTS):
+            thread, appends = thread_update(self.table.name, write.thread_id, write.at, actor=actor,
+                                            actor_id=self.owner_id(actor), may_create=True, bump=True,
+                                            text=text, truncated=truncated)
+            try:
+                await self.table.transact([{"Update": step}, {"Update": thread}, {"Put": locator}], "create_step",
+                                          self._ids(write), journaled=True)
+            except DynamoDBError as exc:
+                if _reason(exc, 0) == CCF or exc.too_large:
+                    return await self._general(write, actor)  # the step exists, or is too large inline
+                if appends and _reason(exc, 1) == CCF:
+                    truncated = True  # the digest is full: mark it truncated instead
+                    self.digests.truncated(write.thread_id)
+                    continue
+                if "TransactionConflict" in exc.reasons:
+                    await asyncio.sleep(_backoff(attempt, base=0.005, cap=0.5))
+                    continue
+                raise
+            if appends:
+                self.digests.appended(write.id, text)
+            return
+        raise DynamoDBError(f"create_step ({self._ids(write)}): transaction conflicts did not clear",
+                            "TransactionConflict")
+
+    # ------------------------------------------------------------------ update: one request
+    def _step_update(self, write: StepWrite) -> Dict[str, Any]:
+        e = Expression()
+        sets = [f"{e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"]
+        removes: List[str] = []
+        conditions = [f"attribute_exists({e.name('PK')})", f"attribute_not_exists({e.name(BLOBS)})"]
+        for key, value in write.overwrite.items():
+            sets.append(f"{e.name(key)} = {e.value(value, key)}")
+        for key, value in write.fill.items():
+            name = e.name(key)
+            sets.append(f"{name} = if_not_exists({name}, {e.value(value, key)})")
+            # A fill also applies over an empty value, which if_not_exists does not see:
+            # such a step takes the general path.
+            conditions.append(f"(attribute_not_exists({name}) OR (NOT attribute_type({name}, {e.value('NULL')}) "
+                              f"AND {name} <> {e.value('')}))")
+        if write.overwrite_metadata or write.fill_metadata:
+            conditions.append(f"attribute_type({e.name('metadata')}, {e.value('M')})")
+        for key, value in write.overwrite_metadata.items():
+            if value is None:
+                removes.append(e.path("metadata", key))
+            else:
+                sets.append(f"{e.path('metadata', key)} = {e.value(value, f'metadata.{key}')}")
+        for key, value in write.fill_metadata.items():
+            path = e.path("metadata", key)
+            sets.append(f"{path} = if_not_exists({path}, {e.value(value, f'metadata.{key}')})")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        return {"TableName": self.table.name, "Key": serialize(step_key(write.thread_id, write.id)),
+                "UpdateExpression": expression, "ConditionExpression": " AND ".join(conditions), **e.kwargs()}
+
+    async def _update(self, write: StepWrite, actor: Optional[str]) -> None:
+        metadata = {**write.fill_metadata, **write.overwrite_metadata}
+        if not self.large.fits({**write.values(), "metadata": metadata}):
+            return await self._general(write, actor)
+        step = self._step_update(write)
+        if not _expressions_fit(step):
+            return await self._general(write, actor)
+        output = write.overwrite.get("output", write.fill.get("output"))
+        text = digest_text(output)
+        if text is not None and self.digests.already_appended(write.id, text):
+            text = None
+        truncated = self.digests.is_truncated(write.thread_id)
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                if text is None:
+                    await self.table.call("update_item", "update_step", self._ids(write), journaled=True, **step)
+                    return
+                thread, appends = thread_update(self.table.name, write.thread_id, write.at, actor=actor,
+                                                actor_id=self.owner_id(actor), may_create=False, bump=False,
+                                                text=text, truncated=truncated)
+                await self.table.transact([{"Update": step}, {"Update": thread}], "update_step", self._ids(write),
+                                          journaled=True)
+            except DynamoDBError as exc:
+                if (exc.code == "ConditionalCheckFailedException" or _reason(exc, 0) == CCF or exc.too_large
+                        or _refused_path(exc)):
+                    return await self._general(write, actor)
+                if _reason(exc, 1) == CCF:
+                    if appends:  # the digest is full (or the thread is gone): mark it truncated
+                        truncated = True
+                        self.digests.truncated(write.thread_id)
+                    else:  # the thread is gone: never create it for an update
+                        text = None
+                    continue
+                if "TransactionConflict" in exc.reasons:
+                    await asyncio.sleep(_backoff(attempt, base=0.005, cap=0.5))
+                    continue
+                raise
+            if appends:
+                self.digests.appended(write.id, text)
+            return
+        raise DynamoDBError(f"update_step ({self._ids(write)}): transaction conflicts did not clear",
+                            "TransactionConflict")
+
+    # ------------------------------------------------------------------ general path
+    async def _touch_thread(self, write: StepWrite, actor: Optional[str], text: Optional[str], *,
+                            may_create: bool, bump: bool) -> None:
+        """The thread part of a step write on the general path, in its own request (before
+        the step write: a touched thread without its step is harmless, a step without its
+        thread could not be shown)."""
+        truncated = self.digests.is_truncated(write.thread_id)
+        for _ in range(2):
+            request, appends = thread_update(self.table.name, write.thread_id, write.at, actor=actor,
+                                             actor_id=self.owner_id(actor), may_create=may_create, bump=bump,
+                                             text=text, truncated=truncated)
+            try:
+                await self.table.call("update_item", "step thread", self._ids(write), journaled=True, **request)
+                return
+            except DynamoDBError as exc:
+                if exc.code != "ConditionalCheckFailedException":
+                    raise
+                if not appends:
+                    return  # the thread is gone: an update never brings it back
+                truncated = True
+                self.digests.truncated(write.thread_id)
+
+    async def _general(self, write: StepWrite, actor: Optional[str]) -> None:
+        operation = "create_step" if write.created else "update_step"
+        ids = self._ids(write)
+        key = step_key(write.thread_id, write.id)
+        touched = False
+
+        async def attempt() -> List[str]:
+            nonlocal touched
+            stored = await self.table.get(key, operation, ids, journaled=True)
+            old_blobs: Dict[str, str] = {}
+            if stored is not None:
+                stored, old_blobs = await self.large.hydrate(stored)
+            item = write.apply_to(stored)
+            if stored is None:
+                item.update(key)
+            text = digest_text(item.get("output"))
+            if text is not None and (stored is not None and text == digest_text(stored.get("output"))
+                                     or self.digests.already_appended(write.id, text)):
+                text = None
+            first_write = stored is None or write.created
+            if (first_write and not touched) or text is not None:
+                await self._touch_thread(write, actor, text, may_create=first_write,
+                                         bump=write.created and not touched)
+                self.digests.appended(write.id, text)
+                if stored is None and not touched:
+                    await self.table.call("put_item", operation, ids, journaled=True, TableName=self.table.name,
+                                          Item=serialize({**locator_key("STEP", write.id),
+                                                          "threadId": write.thread_id}))
+                touched = touched or first_write
+            if stored is not None and item == stored:
+                return []
+            return await put_versioned(self.table, self.large, operation, ids, item, stored, old_blobs, owner=actor,
+                                       thread_id=write.thread_id, label=f"step-{write.id}", journaled=True)
+
+        replaced = await retry_conflicts(operation, ids, attempt, self.logger)
+        await self.delete_blobs(replaced, write.thread_id)
