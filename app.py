@@ -4,7 +4,7 @@ persistence in `datalayers/` and `storage/`, configuration in `settings.py`."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import chainlit as cl
 import jwt
@@ -69,7 +69,7 @@ mount_health(fastapi_app)
 
 # ---- login ---------------------------------------------------------------------------
 @cl.password_auth_callback
-async def password_login(username: str, password: str) -> Optional[cl.User]:
+async def password_login(username: str, password: str) -> cl.User | None:
     record = await users.authenticate_async(username, password)
     if record is None:
         return None
@@ -86,17 +86,17 @@ if get_configured_oauth_providers():  # Chainlit's OAUTH_<PROVIDER>_* variables 
     async def oauth_login(
         provider_id: str,
         token: str,
-        raw_user_data: Dict[str, str],
+        raw_user_data: dict[str, str],
         default_user: cl.User,
-        id_token: Optional[str] = None,
-    ) -> Optional[cl.User]:
+        id_token: str | None = None,
+    ) -> cl.User | None:
         return default_user
 
 
 if header_name := os.environ.get("APP_AUTH_HEADER", "").strip():
 
     @cl.header_auth_callback
-    async def header_login(headers) -> Optional[cl.User]:
+    async def header_login(headers) -> cl.User | None:
         # Trust an identity header set by the reverse proxy in front of the app.
         identifier = (headers.get(header_name) or "").strip()
         return cl.User(identifier=identifier, metadata={"provider": "header"}) if identifier else None
@@ -136,7 +136,7 @@ async def on_chat_resume(thread: ThreadDict):
 
 
 @cl.on_settings_update
-async def on_settings_update(values: Dict[str, Any]):
+async def on_settings_update(values: dict[str, Any]):
     await service.settings_updated(values)
 
 
@@ -154,6 +154,6 @@ async def on_app_shutdown():
 
 
 @cl.on_shared_thread_view
-async def on_shared_thread_view(thread: ThreadDict, viewer: Optional[cl.User]) -> bool:
+async def on_shared_thread_view(thread: ThreadDict, viewer: cl.User | None) -> bool:
     # Anyone with the link may read a thread its author chose to share.
     return bool((thread.get("metadata") or {}).get("is_shared"))

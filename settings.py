@@ -16,9 +16,10 @@ import importlib
 import importlib.util
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 PROJECT = "chainlit-persist"

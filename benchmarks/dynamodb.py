@@ -34,11 +34,12 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from chainlit.types import Pagination, ThreadFilter
 from chainlit.user import User
 
+from benchmarks.motofixes import MOTO_FIXES
 from benchmarks.sidebar import PAGE, SEARCH, dataset
 from datalayers.dynamodb import (
     FEEDBACK_DOWN,
@@ -95,54 +96,7 @@ CHAINLIT_TABLE = {
 # TransactWriteItems deep-copies every table it touches to be able to roll back — hundreds of
 # milliseconds per transaction on a loaded table, a cost DynamoDB does not have: here it
 # saves and restores only the items the transaction writes.
-MOTO_SERVER = """
-import copy, functools, logging, sys, threading, types
-from moto.dynamodb import models
-from moto.dynamodb.models import DynamoDBBackend
-from moto.dynamodb.models.table import Table
-from moto.server import ThreadedMotoServer
-
-lock = threading.RLock()
-for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan", "batch_get_item",
-             "batch_write_item"):
-    if hasattr(DynamoDBBackend, name):
-        original = getattr(DynamoDBBackend, name)
-        def atomic(self, *args, _original=original, **kwargs):
-            with lock:
-                return _original(self, *args, **kwargs)
-        setattr(DynamoDBBackend, name, functools.wraps(original)(atomic))
-
-# moto's rollback copy of a whole table becomes the table itself; the items are saved below.
-models.copy = types.SimpleNamespace(
-    deepcopy=lambda value, memo=None: value if isinstance(value, Table) else copy.deepcopy(value, memo),
-    copy=copy.copy)
-transact = DynamoDBBackend.transact_write_items
-
-def transact_write_items(self, transact_items):
-    with lock:
-        saved = []
-        for entry in transact_items:
-            kind, op = next(iter(entry.items()))
-            table = self.tables.get(op.get("TableName"))
-            if table is None:
-                continue
-            attrs = op["Item"] if kind == "Put" else op["Key"]
-            key = {k: attrs[k] for k in (table.hash_key_attr, table.range_key_attr) if k and k in attrs}
-            hash_value, range_value = self.get_keys_value(table, key)
-            saved.append((table, hash_value, range_value, copy.deepcopy(table.get_item(hash_value, range_value))))
-        try:
-            return transact(self, transact_items)
-        except Exception:
-            for table, hash_value, range_value, item in reversed(saved):
-                holder = table.items[hash_value] if range_value is not None else table.items
-                slot = range_value if range_value is not None else hash_value
-                if item is None:
-                    holder.pop(slot, None)
-                else:
-                    holder[slot] = item
-            raise
-
-DynamoDBBackend.transact_write_items = transact_write_items
+MOTO_SERVER = MOTO_FIXES + """
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
@@ -244,7 +198,7 @@ async def timed_page(layer, user_id: str, search, repeat: int) -> tuple[float, i
 async def chat_turn(layer, user_id: str, i: int) -> None:
     """What Chainlit writes for one exchange: the thread, the question, the streamed answer."""
     thread_id, question, answer = (str(uuid.uuid4()) for _ in range(3))
-    now = format_timestamp(datetime.now(timezone.utc))
+    now = format_timestamp(datetime.now(UTC))
     step = {"threadId": thread_id, "createdAt": now, "streaming": False, "metadata": {}}
     await layer.update_thread(thread_id, name=f"turn {i}", user_id=user_id)
     await layer.create_step({**step, "id": question, "type": "user_message", "name": "user", "output": "hi"})

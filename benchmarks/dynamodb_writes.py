@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from benchmarks.requestcount import (
     ThreadCursor,
@@ -132,7 +132,7 @@ async def measure(layer, user_id: str, threads: list[dict], proxy: str, args) ->
     result["requests_per_page"] = sum(per_page.values()) / args.repeat
     result["page_requests"] = {op: round(n / args.repeat, 2) for op, n in per_page.most_common()}
 
-    now = stamp(datetime.now(timezone.utc))
+    now = stamp(datetime.now(UTC))
     targets = cursor.take(args.writes)
     writes = (layer.create_step(message(thread_id, str(uuid.uuid4()), "user_message", f"message {i}", False, now))
               for i, thread_id in enumerate(targets))

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from sqlalchemy import event
 
+from benchmarks.motofixes import MOTO_FIXES
+
 # ---------------------------------------------------------------------------- SQL statements
 _TARGET = re.compile(r'\b(?:INTO|UPDATE|FROM)\s+"?(\w+)"?', re.IGNORECASE)
 
@@ -91,7 +93,7 @@ def breakdown(counts: dict[str, float]) -> str:
 # that neither moto's nor the proxy's CPU time shows up as a stall of the event loop being
 # measured. GET /__counts__ returns the counts; ?reset=1 also zeroes them. The child prints
 # both ports and ends when its stdin closes.
-MOTO_AND_PROXY = r"""
+MOTO_AND_PROXY = MOTO_FIXES + r"""
 import http.client, json, logging, sys, threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

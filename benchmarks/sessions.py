@@ -122,7 +122,7 @@ async def run(args) -> dict:
     for session in sessions:
         thread = stored[session["thread_id"]]
         outputs = [s["output"] for s in thread["steps"] if s["type"] in ("user_message", "assistant_message")]
-        expected = [text for pair in zip(session["sent"], session["replies"]) for text in pair]
+        expected = [text for pair in zip(session["sent"], session["replies"], strict=True) for text in pair]
         lost += sum(1 for text in expected if text not in outputs)
         kept_titles += thread["name"] == session["title_event"]
     return {

@@ -23,16 +23,16 @@ import statistics
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
+from chainlit.types import Pagination, ThreadFilter
 from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chainlit.types import Pagination, ThreadFilter
+from datalayers.sqlalchemy import SQLAlchemyDataLayer
 from datalayers.sqlalchemy.schema import CHAINLIT_POSTGRES_DDL, feedbacks, steps, threads, users
 from datalayers.timestamps import format_timestamp
-from datalayers.sqlalchemy import SQLAlchemyDataLayer
 
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 PAGE = 20
@@ -43,7 +43,7 @@ WORDS = "the quick brown fox jumps over a lazy dog while planning budgets and ho
 def dataset(n_threads: int, n_steps: int):
     """One user's history: rows shared by both schemas (timestamps as Chainlit writes them)."""
     user_id = str(uuid.uuid4())
-    base = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2025, 1, 1, tzinfo=UTC)
     thread_rows, step_rows, feedback_rows = [], [], []
     for t in range(n_threads):
         thread_id = str(uuid.uuid4())

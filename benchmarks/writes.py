@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -85,7 +85,7 @@ def chainlit_ddl() -> list[str]:
 
 def stamp(moment: datetime) -> str:
     # What Chainlit's frontend sends and both schemas store: ISO-8601 UTC text.
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def message(thread_id: str, step_id: str, kind: str, output: str, streaming: bool, created: str) -> dict:
@@ -98,7 +98,7 @@ def message(thread_id: str, step_id: str, kind: str, output: str, streaming: boo
 
 def dataset(n_threads: int, n_steps: int) -> list[dict]:
     """One user's history: threads a minute apart, alternating user/assistant messages."""
-    base = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2025, 1, 1, tzinfo=UTC)
     threads = []
     for t in range(n_threads):
         created = base + timedelta(minutes=t)
@@ -240,7 +240,7 @@ def _user():
 # ---------------------------------------------------------------------------- measures
 async def chat_turn(layer, thread_id: str) -> None:
     """One exchange into an existing thread, as Chainlit writes it, until it is stored."""
-    now = stamp(datetime.now(timezone.utc))
+    now = stamp(datetime.now(UTC))
     question, answer = str(uuid.uuid4()), str(uuid.uuid4())
     await layer.create_step(message(thread_id, question, "user_message", "what should I plan next?", False, now))
     await layer.create_step(message(thread_id, answer, "assistant_message", "", True, now))
@@ -260,7 +260,7 @@ async def measure(layer, user_id: str, threads: list[dict], args) -> dict:
         await chat_turn(layer, thread_id)
     await flush(layer)
 
-    now = stamp(datetime.now(timezone.utc))
+    now = stamp(datetime.now(UTC))
     writes = (layer.create_step(message(thread_id, str(uuid.uuid4()), "user_message", f"message {i}", False, now))
               for i, thread_id in enumerate(cursor.take(args.writes)))
     start = time.perf_counter()

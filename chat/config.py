@@ -7,9 +7,9 @@ starts (with the offline provider) even when the `llm` extra is not installed.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 PROVIDERS = ("openai", "langchain", "offline")
 DEFAULT_PROMPTS_FILE = Path(__file__).with_name("prompts.toml")

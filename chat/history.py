@@ -9,8 +9,9 @@ character, which overestimates English a little and is close for CJK text.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per message, as OpenAI counts them
 DEFAULT_ANSWER_RESERVE = 1024

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from string import Template
-from typing import Mapping
 
 PLACEHOLDERS = frozenset({"input", "user", "date"})
 TITLE_PLACEHOLDERS = PLACEHOLDERS | {"answer"}
@@ -53,7 +53,7 @@ class PromptBook:
 
 
 def _values(values: Mapping[str, str], **extra: str) -> dict[str, str]:
-    merged = {"input": "", "user": "", "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    merged = {"input": "", "user": "", "date": datetime.now(UTC).strftime("%Y-%m-%d")}
     merged.update(values)
     merged.update(extra)
     return merged

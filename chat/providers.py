@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from .config import ChatConfig
 from .history import estimate_tokens
@@ -156,7 +157,7 @@ class Provider(ABC):
             model = chunk.model or model
         return Completion(text="".join(parts), model=model, usage=usage)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027  (a default: providers without resources keep it)
         """Release network resources."""
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import chainlit as cl
 from chainlit.data import get_data_layer
@@ -48,7 +49,7 @@ class ThreadSettings:
         return self.max_tokens if self.max_tokens > 0 else None
 
     @classmethod
-    def defaults(cls, config: ChatConfig, prompts: PromptBook) -> "ThreadSettings":
+    def defaults(cls, config: ChatConfig, prompts: PromptBook) -> ThreadSettings:
         return cls(
             model=config.model,
             temperature=config.temperature,
@@ -58,7 +59,7 @@ class ThreadSettings:
         )
 
     @classmethod
-    def from_values(cls, values: Mapping[str, Any], config: ChatConfig, prompts: PromptBook) -> "ThreadSettings":
+    def from_values(cls, values: Mapping[str, Any], config: ChatConfig, prompts: PromptBook) -> ThreadSettings:
         """Settings from the UI / stored thread metadata; bad or stale values use the default."""
         base = cls.defaults(config, prompts)
         model = values.get("model")

@@ -26,9 +26,9 @@ import re
 import secrets
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -160,7 +160,7 @@ class UserStore:
         self.env_users = env_users
 
     @classmethod
-    def from_env(cls, data_dir: Path, env: Mapping[str, str] | None = None) -> "UserStore":
+    def from_env(cls, data_dir: Path, env: Mapping[str, str] | None = None) -> UserStore:
         env = os.environ if env is None else env
         users_file = Path(env.get("APP_USERS_FILE") or data_dir / "users.toml").expanduser()
         return cls(users_file, env.get("APP_USERS") or "")

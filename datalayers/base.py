@@ -89,9 +89,9 @@ class PersistentDataLayer(BaseDataLayer):
     def __init__(
         self,
         *,
-        storage: "BlobStorage | None" = None,
+        storage: BlobStorage | None = None,
         cursor_secret: bytes | None = None,
-        journal: "WriteJournal | str | PathLike | None" = None,
+        journal: WriteJournal | str | PathLike | None = None,
         read_wait: float = 5.0,
         write_concurrency: int = 8,
     ):
@@ -162,12 +162,12 @@ class PersistentDataLayer(BaseDataLayer):
         await self._submit(thread_id, "thread", write.to_json())
 
     @_queued
-    async def create_step(self, step_dict: "StepDict"):
+    async def create_step(self, step_dict: StepDict):
         write = StepWrite.from_step(dict(step_dict), overwrite=False)
         await self._submit(write.thread_id, "step", write.to_json())
 
     @_queued
-    async def update_step(self, step_dict: "StepDict"):
+    async def update_step(self, step_dict: StepDict):
         write = StepWrite.from_step(dict(step_dict), overwrite=True)
         await self._submit(write.thread_id, "step", write.to_json())
 
@@ -190,7 +190,7 @@ class PersistentDataLayer(BaseDataLayer):
         return current_session_thread() or ""
 
     @_queued
-    async def create_element(self, element: "Element"):
+    async def create_element(self, element: Element):
         check_id(element.id, "element id")
         check_id(element.thread_id, "element threadId")
         owner = current_user_identifier() or await self.get_thread_author(element.thread_id) or None
@@ -271,7 +271,7 @@ class PersistentDataLayer(BaseDataLayer):
         await sign_element_urls(self.storage, thread["elements"])  # type: ignore[arg-type]
         return thread
 
-    async def get_element(self, thread_id: str, element_id: str) -> "ElementDict | None":
+    async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
         await self._settle(thread_id)
         element = await self._read_element(thread_id, element_id)
         if element is not None:
@@ -298,7 +298,7 @@ class PersistentDataLayer(BaseDataLayer):
     async def _settle_user(self, user_id: str) -> None:
         await self.writes.settle(self.writes.lanes_of(self._identifiers.get(user_id), user_id), self.read_wait)
 
-    async def get_favorite_steps(self, user_id: str) -> list["StepDict"]:
+    async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
         await self._settle_user(user_id)
         return [with_step_defaults(s) for s in await self._favorite_steps(user_id)]  # type: ignore[misc]
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from storage.base import BlobStorage
 
 
-async def element_content(element: "Element") -> bytes | None:
+async def element_content(element: Element) -> bytes | None:
     """The bytes to store for an element, or None when it only points at an external URL."""
     if element.content is not None and element.content != b"" and element.content != "":
         content = element.content
@@ -29,7 +29,7 @@ async def element_content(element: "Element") -> bytes | None:
     return None
 
 
-async def upload_element(storage: "BlobStorage | None", element: "Element", owner: str | None) -> str | None:
+async def upload_element(storage: BlobStorage | None, element: Element, owner: str | None) -> str | None:
     """Write the element's blob (before its row is written) and return its object key.
 
     Returns None for elements that only reference an external URL. Raises when content
@@ -47,7 +47,7 @@ async def upload_element(storage: "BlobStorage | None", element: "Element", owne
     return key
 
 
-def element_row(element: "Element", object_key: str | None) -> dict[str, Any]:
+def element_row(element: Element, object_key: str | None) -> dict[str, Any]:
     """The element as stored: Chainlit's dict without Nones, the object key instead of a URL
     (read URLs are signed on every read, never stored)."""
     row = {k: v for k, v in dict(element.to_dict()).items() if v is not None}
@@ -58,11 +58,11 @@ def element_row(element: "Element", object_key: str | None) -> dict[str, Any]:
     return row
 
 
-async def sign_element_urls(storage: "BlobStorage | None", element_dicts: list[dict]) -> None:
+async def sign_element_urls(storage: BlobStorage | None, element_dicts: list[dict]) -> None:
     """Fill each element's `url` with a freshly signed read URL (URLs are never stored)."""
     keyed = [e for e in element_dicts if e.get("objectKey")]
     if not keyed or storage is None:
         return
     urls = await asyncio.gather(*(storage.get_read_url(e["objectKey"]) for e in keyed))
-    for element_dict, url in zip(keyed, urls):
+    for element_dict, url in zip(keyed, urls, strict=True):
         element_dict["url"] = url

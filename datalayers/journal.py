@@ -197,7 +197,7 @@ class WriteJournal:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (entry, future), seq in zip(appends, seqs):
+            for (entry, future), seq in zip(appends, seqs, strict=True):
                 entry.seqs.append(seq)
                 if not future.done():
                     future.set_result(None)

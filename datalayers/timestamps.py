@@ -4,18 +4,18 @@ on every database, as text."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
 def format_timestamp(moment: datetime) -> str:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def utc_now() -> str:
-    return format_timestamp(datetime.now(timezone.utc))
+    return format_timestamp(datetime.now(UTC))
 
 
 def normalize_timestamp(value: Any) -> str | None:
@@ -28,7 +28,7 @@ def normalize_timestamp(value: Any) -> str | None:
     if isinstance(value, datetime):
         return format_timestamp(value)
     if isinstance(value, (int, float)):
-        return format_timestamp(datetime.fromtimestamp(value, timezone.utc))
+        return format_timestamp(datetime.fromtimestamp(value, UTC))
     text = str(value).strip()
     try:
         parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)

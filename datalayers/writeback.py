@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections import deque
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from .journal import Entry, WriteJournal
 
@@ -161,7 +161,7 @@ class WriteBack:
         try:
             await asyncio.wait_for(asyncio.gather(*waits), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     # ------------------------------------------------------------------ queueing

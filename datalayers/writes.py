@@ -80,7 +80,7 @@ class StepWrite:
     at: str = field(default_factory=utc_now)
 
     @classmethod
-    def from_step(cls, step_dict: dict, overwrite: bool) -> "StepWrite":
+    def from_step(cls, step_dict: dict, overwrite: bool) -> StepWrite:
         step_id = check_id(step_dict.get("id"), "step id")
         thread_id = check_id(step_dict.get("threadId"), "step threadId")
         values: dict[str, Any] = {}
@@ -96,7 +96,7 @@ class StepWrite:
         fill_meta = {k: v for k, v in (metadata or {}).items() if v is not None}
         return cls(step_id, thread_id, fill=values, fill_metadata=fill_meta, created=True)
 
-    def merge(self, later: "StepWrite") -> None:
+    def merge(self, later: StepWrite) -> None:
         """Fold a later write of the same step into this one (same result as both in order)."""
         for key, value in later.overwrite.items():
             self.overwrite[key] = value
@@ -146,7 +146,7 @@ class StepWrite:
                 "created": self.created, "at": self.at}
 
     @classmethod
-    def from_json(cls, data: dict) -> "StepWrite":
+    def from_json(cls, data: dict) -> StepWrite:
         return cls(data["id"], data["threadId"], data.get("fill") or {}, data.get("overwrite") or {},
                    data.get("fillMetadata") or {}, data.get("overwriteMetadata") or {}, bool(data.get("created")),
                    data.get("at") or utc_now())
@@ -166,7 +166,7 @@ class ThreadWrite:
 
     @classmethod
     def from_call(cls, thread_id: str, name: str | None, user_id: str | None, metadata: dict | None,
-                  tags: list | None) -> "ThreadWrite":
+                  tags: list | None) -> ThreadWrite:
         check_id(thread_id, "thread id")
         if metadata is not None and not isinstance(metadata, dict):
             raise ValueError(f"thread metadata must be an object, got {type(metadata).__name__}")
@@ -177,7 +177,7 @@ class ThreadWrite:
         return cls(thread_id, name, user_id, dict(metadata) if metadata is not None else None,
                    list(tags) if tags is not None else None)
 
-    def merge(self, later: "ThreadWrite") -> None:
+    def merge(self, later: ThreadWrite) -> None:
         self.name = later.name if later.name is not None else self.name
         self.user_id = later.user_id if later.user_id is not None else self.user_id
         self.tags = later.tags if later.tags is not None else self.tags
@@ -190,6 +190,6 @@ class ThreadWrite:
                 "tags": self.tags, "at": self.at}
 
     @classmethod
-    def from_json(cls, data: dict) -> "ThreadWrite":
+    def from_json(cls, data: dict) -> ThreadWrite:
         return cls(data["id"], data.get("name"), data.get("userId"), data.get("metadata"), data.get("tags"),
                    data.get("at") or utc_now())

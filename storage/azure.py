@@ -97,7 +97,7 @@ class AzureDataLakeStorage(BlobStorage):
     @classmethod
     def from_url(
         cls, url: str, *, data_dir: Path | None = None, secret: bytes | None = None
-    ) -> "AzureDataLakeStorage":
+    ) -> AzureDataLakeStorage:
         """`abfs[s]://container@account.dfs.core.windows.net/prefix`, or for emulators and
         tests `abfs://container@account/prefix?endpoint_url=http://127.0.0.1:PORT/account`.
 
@@ -230,7 +230,7 @@ class AzureDataLakeStorage(BlobStorage):
     async def _read_url(self, key):
         path = self._path(key)
         directory, _, file_name = path.rpartition("/")
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         expiry = now + dt.timedelta(seconds=self.url_expiry_seconds)
         if self._account_key is not None:
             signing_key: Any = self._account_key

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import unicodedata
 from abc import abstractmethod
-from typing import Any, Dict, Iterable, Union
+from collections.abc import Iterable
+from typing import Any
 
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.logger import logger as chainlit_logger
@@ -123,11 +124,11 @@ class BlobStorage(BaseStorageClient):
     async def upload_file(
         self,
         object_key: str,
-        data: Union[bytes, str],
+        data: bytes | str,
         mime: str = "application/octet-stream",
         overwrite: bool = True,
         content_disposition: str | None = None,
-    ) -> Dict[str, Any]:
+    ) -> dict[str, Any]:
         self._check_open()
         key = validate_object_key(object_key)
         body = data.encode("utf-8") if isinstance(data, str) else bytes(data)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from ._url import content_disposition, expiry_from, query_params
 from .base import (
     DEFAULT_URL_EXPIRY_SECONDS,
     BlobStorage,
@@ -39,7 +40,6 @@ from .base import (
     StorageError,
     validate_object_key,
 )
-from ._url import content_disposition, expiry_from, query_params
 
 # Signed URLs expire on a 60 s grid: the same object read twice within a minute gets the
 # same URL, so the browser cache keeps working although Chainlit re-signs on every read.
@@ -96,7 +96,7 @@ class LocalStorage(BlobStorage):
         return f"LocalStorage(root={str(self.root)!r}, base_url={self.base_url!r})"
 
     @classmethod
-    def from_url(cls, url: str, *, data_dir: Path, secret: bytes) -> "LocalStorage":
+    def from_url(cls, url: str, *, data_dir: Path, secret: bytes) -> LocalStorage:
         """`file:///abs/path`, or `file://rel/path` relative to `data_dir`; `file://` alone
         means `data_dir/blobs`. Query: `base_url=/blobs`, `expiry=SECONDS`."""
         parts = urlsplit(url)
@@ -130,7 +130,7 @@ class LocalStorage(BlobStorage):
 
     # ---- signing -------------------------------------------------------------------
     def _signature(self, key: str, exp: int) -> str:
-        message = f"{exp}\n{key}".encode("utf-8")
+        message = f"{exp}\n{key}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def sign(self, key: str, expires_at: int) -> str:

@@ -23,7 +23,7 @@ class MemoryStorage(BlobStorage):
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_url(cls, url: str, *, data_dir: Path | None = None, secret: bytes | None = None) -> "MemoryStorage":
+    def from_url(cls, url: str, *, data_dir: Path | None = None, secret: bytes | None = None) -> MemoryStorage:
         """`memory://` (optionally `?expiry=SECONDS`); data_dir and secret are unused."""
         if urlsplit(url).scheme != "memory":
             raise ValueError(f"not a memory:// URL: {url!r}")

@@ -87,7 +87,7 @@ class S3Storage(BlobStorage):
         )
 
     @classmethod
-    def from_url(cls, url: str, *, data_dir: Path | None = None, secret: bytes | None = None) -> "S3Storage":
+    def from_url(cls, url: str, *, data_dir: Path | None = None, secret: bytes | None = None) -> S3Storage:
         """`s3://bucket/prefix?region=eu-west-1&endpoint_url=http://...&addressing_style=path
         &expiry=SECONDS`. data_dir and secret are unused: S3 signs its own URLs."""
         parts = urlsplit(url)

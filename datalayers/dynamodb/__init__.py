@@ -7,8 +7,6 @@ ratings and their counters; `provision.py` the table; `__main__.py` the command 
 (`python -m datalayers.dynamodb provision|upgrade`).
 """
 
-from typing import List, Optional
-
 from .client import DynamoDBError, parse_dynamodb_url
 from .items import (
     BLOBS,
@@ -46,7 +44,7 @@ from .provision import (
 from .search import TEXT_LIMIT
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """The command line (`python -m datalayers.dynamodb`), imported only when called."""
     from .__main__ import main as command_line
 

@@ -9,7 +9,6 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import aioboto3
 from botocore.config import Config
@@ -32,7 +31,7 @@ async def _admin_command(command: str, url: str, template: Path):
         raise DynamoDBError(f"{command} {options['table']!r}: {exc}") from exc
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datalayers.dynamodb",
                                      description="Provision or upgrade the table of the DynamoDB data layer.")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -8,8 +8,9 @@ import asyncio
 import logging
 import random
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -43,7 +44,7 @@ class DynamoDBError(DataLayerError):
     """An AWS call failed. `code` is the AWS error code; `reasons` the cancellation reason
     codes of a failed transaction, one per item."""
 
-    def __init__(self, message: str, code: Optional[str] = None, reasons: Tuple[str, ...] = ()):
+    def __init__(self, message: str, code: str | None = None, reasons: tuple[str, ...] = ()):
         super().__init__(message)
         self.code = code
         self.reasons = reasons
@@ -75,7 +76,7 @@ class Conflict(Exception):
     """Internal: a concurrent writer got there first; the caller re-reads and retries."""
 
 
-def parse_dynamodb_url(url: str) -> Dict[str, Optional[str]]:
+def parse_dynamodb_url(url: str) -> dict[str, str | None]:
     """`dynamodb://TABLE?region=REGION&endpoint_url=URL` -> {table, region, endpoint_url}.
 
     Credentials come only from the standard AWS chain (environment, profile, SSO, instance
@@ -91,7 +92,7 @@ def parse_dynamodb_url(url: str) -> Dict[str, Optional[str]]:
     table = parts.netloc or parts.path.lstrip("/")
     if not TABLE_NAME.match(table):
         raise ValueError(f"invalid DynamoDB table name {table!r} (3-255 of A-Z a-z 0-9 _ . -)")
-    options: Dict[str, Optional[str]] = {"table": table, "region": None, "endpoint_url": None}
+    options: dict[str, str | None] = {"table": table, "region": None, "endpoint_url": None}
     for name, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)):
         key = name.lower()
         if key in CREDENTIAL_OPTIONS:
@@ -113,7 +114,7 @@ def _backoff(attempt: int, base: float = 0.05, cap: float = 5.0) -> float:
     return random.uniform(0, min(cap, base * (2 ** attempt)))
 
 
-async def retry_conflicts(operation: str, ids: Dict[str, Any], attempt_once: Callable[[], Awaitable[Any]],
+async def retry_conflicts(operation: str, ids: dict[str, Any], attempt_once: Callable[[], Awaitable[Any]],
                           logger: logging.Logger):
     """Run `attempt_once()` until it commits without a concurrent writer in between."""
     for attempt in range(CONFLICT_ATTEMPTS):
@@ -132,12 +133,12 @@ class Table:
     `prepare(client)` runs once before the first call (create or check the table)."""
 
     def __init__(self, name: str, client_context: Callable[[], Any], *, client: Any = None,
-                 prepare: Optional[Callable[[Any], Awaitable[None]]] = None, max_concurrency: int = 8,
+                 prepare: Callable[[Any], Awaitable[None]] | None = None, max_concurrency: int = 8,
                  logger: logging.Logger):
         self.name = name
         self._client_context = client_context
         self._client = client
-        self._stack: Optional[AsyncExitStack] = None
+        self._stack: AsyncExitStack | None = None
         self._prepare = prepare
         self._ready = prepare is None
         self._open_lock = asyncio.Lock()
@@ -188,8 +189,8 @@ class Table:
             await stack.aclose()
 
     # ------------------------------------------------------------------ calls
-    async def call(self, method: str, operation: str, ids: Dict[str, Any], *, journaled: bool = False,
-                   **kwargs) -> Dict[str, Any]:
+    async def call(self, method: str, operation: str, ids: dict[str, Any], *, journaled: bool = False,
+                   **kwargs) -> dict[str, Any]:
         """One AWS call; every error is raised as DynamoDBError with the operation and ids.
 
         Throttling that outlasts botocore's own retries is retried here with backoff for
@@ -224,10 +225,10 @@ class Table:
                 raise DynamoDBError(f"{operation} ({context}): {method} failed: {exc}") from exc
         raise AssertionError("unreachable")
 
-    async def get(self, key: Dict[str, str], operation: str, ids: Dict[str, Any], *,
-                  attributes: Optional[Iterable[str]] = None, consistent: bool = True,
-                  journaled: bool = False) -> Optional[Dict[str, Any]]:
-        kwargs: Dict[str, Any] = {"TableName": self.name, "Key": serialize(key), "ConsistentRead": consistent}
+    async def get(self, key: dict[str, str], operation: str, ids: dict[str, Any], *,
+                  attributes: Iterable[str] | None = None, consistent: bool = True,
+                  journaled: bool = False) -> dict[str, Any] | None:
+        kwargs: dict[str, Any] = {"TableName": self.name, "Key": serialize(key), "ConsistentRead": consistent}
         if attributes is not None:
             expression = Expression()
             kwargs["ProjectionExpression"] = expression.names_of(attributes)
@@ -235,8 +236,8 @@ class Table:
         response = await self.call("get_item", operation, ids, journaled=journaled, **kwargs)
         return deserialize(response["Item"]) if "Item" in response else None
 
-    async def query(self, operation: str, ids: Dict[str, Any], *, journaled: bool = False,
-                    **kwargs) -> AsyncIterator[Dict[str, Any]]:
+    async def query(self, operation: str, ids: dict[str, Any], *, journaled: bool = False,
+                    **kwargs) -> AsyncIterator[dict[str, Any]]:
         """Every item of a query, following LastEvaluatedKey."""
         kwargs = {"TableName": self.name, **kwargs}
         while True:
@@ -247,17 +248,17 @@ class Table:
                 return
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    async def partition(self, thread_id: str, operation: str, sk_prefix: Optional[str] = None,
-                        attributes: Optional[Iterable[str]] = None,
-                        filter_expression: Optional[Callable[[Expression], str]] = None,
-                        consistent: bool = True, journaled: bool = False) -> List[Dict[str, Any]]:
+    async def partition(self, thread_id: str, operation: str, sk_prefix: str | None = None,
+                        attributes: Iterable[str] | None = None,
+                        filter_expression: Callable[[Expression], str] | None = None,
+                        consistent: bool = True, journaled: bool = False) -> list[dict[str, Any]]:
         """The items of one thread, optionally of one kind and filtered. Strongly consistent
         unless told otherwise (search reads at half the cost; a second's lag is harmless there)."""
         expression = Expression()
         condition = f"{expression.name('PK')} = {expression.value(f'THREAD#{thread_id}')}"
         if sk_prefix:
             condition += f" AND begins_with({expression.name('SK')}, {expression.value(sk_prefix)})"
-        kwargs: Dict[str, Any] = {"KeyConditionExpression": condition, "ConsistentRead": consistent}
+        kwargs: dict[str, Any] = {"KeyConditionExpression": condition, "ConsistentRead": consistent}
         if attributes is not None:
             kwargs["ProjectionExpression"] = expression.names_of(attributes)
         if filter_expression is not None:
@@ -265,11 +266,11 @@ class Table:
         kwargs.update(expression.kwargs())
         return [item async for item in self.query(operation, {"thread_id": thread_id}, journaled=journaled, **kwargs)]
 
-    async def batch_write(self, requests: List[Dict[str, Any]], operation: str, ids: Dict[str, Any], *,
+    async def batch_write(self, requests: list[dict[str, Any]], operation: str, ids: dict[str, Any], *,
                           journaled: bool = False) -> None:
         """BatchWriteItem in chunks of 25, retrying UnprocessedItems with backoff."""
         for start in range(0, len(requests), BATCH_WRITE_SIZE):
-            pending: Dict[str, Any] = {self.name: requests[start:start + BATCH_WRITE_SIZE]}
+            pending: dict[str, Any] = {self.name: requests[start:start + BATCH_WRITE_SIZE]}
             for attempt in range(BATCH_ATTEMPTS):
                 response = await self.call("batch_write_item", operation, ids, journaled=journaled,
                                            RequestItems=pending)
@@ -285,23 +286,23 @@ class Table:
                 raise DynamoDBError(f"{operation} ({ids}): {left} item(s) still unprocessed after "
                                     f"{BATCH_ATTEMPTS} attempts", "UnprocessedItems")
 
-    async def batch_delete(self, keys: List[Dict[str, str]], operation: str, ids: Dict[str, Any], *,
+    async def batch_delete(self, keys: list[dict[str, str]], operation: str, ids: dict[str, Any], *,
                            journaled: bool = False) -> None:
         unique = list({(k["PK"], k["SK"]): k for k in keys}.values())  # a batch refuses duplicate keys
         await self.batch_write([{"DeleteRequest": {"Key": serialize(k)}} for k in unique], operation, ids,
                                journaled=journaled)
 
-    async def batch_get(self, keys: List[Dict[str, str]], operation: str,
-                        attributes: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
+    async def batch_get(self, keys: list[dict[str, str]], operation: str,
+                        attributes: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """BatchGetItem in chunks of 100, retrying UnprocessedKeys with backoff."""
-        found: List[Dict[str, Any]] = []
+        found: list[dict[str, Any]] = []
         for start in range(0, len(keys), BATCH_GET_SIZE):
-            request: Dict[str, Any] = {"Keys": [serialize(k) for k in keys[start:start + BATCH_GET_SIZE]]}
+            request: dict[str, Any] = {"Keys": [serialize(k) for k in keys[start:start + BATCH_GET_SIZE]]}
             if attributes is not None:
                 expression = Expression()
                 request["ProjectionExpression"] = expression.names_of(attributes)
                 request["ExpressionAttributeNames"] = expression.names
-            pending: Dict[str, Any] = {self.name: request}
+            pending: dict[str, Any] = {self.name: request}
             for attempt in range(BATCH_ATTEMPTS):
                 response = await self.call("batch_get_item", operation, {"items": len(keys)}, RequestItems=pending)
                 found.extend(deserialize(i) for i in response.get("Responses", {}).get(self.name, []))
@@ -314,6 +315,6 @@ class Table:
                                     "UnprocessedKeys")
         return found
 
-    async def transact(self, items: List[Dict[str, Any]], operation: str, ids: Dict[str, Any], *,
+    async def transact(self, items: list[dict[str, Any]], operation: str, ids: dict[str, Any], *,
                        journaled: bool = False) -> None:
         await self.call("transact_write_items", operation, ids, journaled=journaled, TransactItems=items)

@@ -4,7 +4,7 @@ they last, and refuses permanent ones (DynamoDB rejected this input) at once."""
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from collections.abc import Iterator
 
 from botocore.exceptions import (
     ClientError,
@@ -49,14 +49,14 @@ TRANSIENT_BOTOCORE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutE
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set = set()
-    current: Optional[BaseException] = exc
+    current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
 
 
-def _code_kind(code: str, reasons: Tuple[str, ...]) -> str:
+def _code_kind(code: str, reasons: tuple[str, ...]) -> str:
     if code == "TransactionCanceledException":
         if "ValidationError" in reasons:
             return PERMANENT
@@ -66,7 +66,7 @@ def _code_kind(code: str, reasons: Tuple[str, ...]) -> str:
     return PERMANENT if code in PERMANENT_CODES else UNKNOWN
 
 
-def failure_kind(exc: BaseException) -> Optional[str]:
+def failure_kind(exc: BaseException) -> str | None:
     """TRANSIENT, PERMANENT or UNKNOWN; None leaves it to the base's rule."""
     for error in _chain(exc):
         if isinstance(error, DynamoDBError) and error.code is not None:

@@ -6,28 +6,28 @@ transaction, conditional on the step's `_rev`, so concurrent ratings keep them e
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional
+from typing import Any
 
 from .client import Conflict, DynamoDBError, Table, retry_conflicts
 from .items import FEEDBACK_DOWN, FEEDBACK_UP, REV, Expression, serialize, step_key, thread_key
 
 
-def feedback_value(step: Dict[str, Any]) -> Optional[int]:
+def feedback_value(step: dict[str, Any]) -> int | None:
     feedback = step.get("feedback")
     if isinstance(feedback, dict) and feedback.get("value") is not None:
         return int(feedback["value"])
     return None
 
 
-def rev_condition(e: Expression, item: Dict[str, Any]) -> str:
+def rev_condition(e: Expression, item: dict[str, Any]) -> str:
     """The item is as read: same `_rev`, or (written by Chainlit's layer) still without one."""
     if REV in item:
         return f"{e.name(REV)} = {e.value(item[REV])}"
     return f"attribute_exists({e.name('PK')}) AND attribute_not_exists({e.name(REV)})"
 
 
-async def counter_update(table: Table, thread_id: str, step_id: str, old: Optional[int],
-                         new: Optional[int], journaled: bool = False) -> Dict[str, Any]:
+async def counter_update(table: Table, thread_id: str, step_id: str, old: int | None,
+                         new: int | None, journaled: bool = False) -> dict[str, Any]:
     """Transaction item keeping the thread's counters right when one step's rating goes from
     `old` to `new` (None = unrated). A thread without counters (new, or written by
     Chainlit's layer) gets them counted from its steps first."""
@@ -58,7 +58,7 @@ async def counter_update(table: Table, thread_id: str, step_id: str, old: Option
                        "UpdateExpression": update, "ConditionExpression": condition, **e.kwargs()}}
 
 
-async def set_step_feedback(table: Table, thread_id: str, step_id: str, feedback: Optional[Dict[str, Any]],
+async def set_step_feedback(table: Table, thread_id: str, step_id: str, feedback: dict[str, Any] | None,
                             operation: str, logger: logging.Logger) -> bool:
     """Set (or with None remove) a step's feedback and the thread's counters in one
     transaction. False when the step (or its feedback, for removal) does not exist."""
@@ -92,7 +92,7 @@ async def set_step_feedback(table: Table, thread_id: str, step_id: str, feedback
     return await retry_conflicts(operation, ids, attempt, logger)
 
 
-async def step_delete_items(table: Table, thread_id: str, step_id: str, step: Dict[str, Any],
+async def step_delete_items(table: Table, thread_id: str, step_id: str, step: dict[str, Any],
                             journaled: bool = False) -> list:
     """Transaction items deleting a step as read (conditional on its `_rev`), with its
     rating taken off the thread's counters."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from decimal import Decimal
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 
@@ -98,16 +98,16 @@ def _from_dynamo(value: Any) -> Any:
     return value
 
 
-def serialize_value(value: Any, path: str) -> Dict[str, Any]:
+def serialize_value(value: Any, path: str) -> dict[str, Any]:
     return _serializer.serialize(_to_dynamo(value, path))
 
 
-def serialize(item: Dict[str, Any]) -> Dict[str, Any]:
+def serialize(item: dict[str, Any]) -> dict[str, Any]:
     """An item in DynamoDB's wire format; top-level `None` means "absent"."""
     return {k: serialize_value(v, k) for k, v in item.items() if v is not None}
 
 
-def deserialize(item: Dict[str, Any]) -> Dict[str, Any]:
+def deserialize(item: dict[str, Any]) -> dict[str, Any]:
     return {k: _from_dynamo(_deserializer.deserialize(v)) for k, v in item.items()}
 
 
@@ -116,33 +116,33 @@ def value_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":")).encode("utf-8"))
 
 
-def item_size(item: Dict[str, Any]) -> int:
+def item_size(item: dict[str, Any]) -> int:
     return sum(len(k.encode("utf-8")) + value_size(v) for k, v in item.items() if v is not None)
 
 
 # ---------------------------------------------------------------------- keys
-def remove_prefix(value: Any, prefix: str) -> Optional[str]:
+def remove_prefix(value: Any, prefix: str) -> str | None:
     """The id after `prefix`, or None when `value` does not start with it (never strip())."""
     return value[len(prefix):] if isinstance(value, str) and value.startswith(prefix) else None
 
 
-def thread_key(thread_id: str) -> Dict[str, str]:
+def thread_key(thread_id: str) -> dict[str, str]:
     return {"PK": f"THREAD#{thread_id}", "SK": "THREAD"}
 
 
-def step_key(thread_id: str, step_id: str) -> Dict[str, str]:
+def step_key(thread_id: str, step_id: str) -> dict[str, str]:
     return {"PK": f"THREAD#{thread_id}", "SK": f"STEP#{step_id}"}
 
 
-def element_key(thread_id: str, element_id: str) -> Dict[str, str]:
+def element_key(thread_id: str, element_id: str) -> dict[str, str]:
     return {"PK": f"THREAD#{thread_id}", "SK": f"ELEMENT#{element_id}"}
 
 
-def user_key(identifier: str) -> Dict[str, str]:
+def user_key(identifier: str) -> dict[str, str]:
     return {"PK": f"USER#{identifier}", "SK": "USER"}
 
 
-def locator_key(kind: str, item_id: str) -> Dict[str, str]:
+def locator_key(kind: str, item_id: str) -> dict[str, str]:
     return {"PK": f"{kind}#{item_id}", "SK": "LOCATOR"}
 
 
@@ -156,7 +156,7 @@ def feedback_id_for(thread_id: str, step_id: str) -> str:
     return f"THREAD#{thread_id}::STEP#{step_id}"
 
 
-def parse_feedback_id(feedback_id: str) -> Optional[Tuple[str, str]]:
+def parse_feedback_id(feedback_id: str) -> tuple[str, str] | None:
     rest = remove_prefix(feedback_id, "THREAD#")
     if rest is None or "::STEP#" not in rest:
         return None
@@ -164,12 +164,12 @@ def parse_feedback_id(feedback_id: str) -> Optional[Tuple[str, str]]:
     return (thread_id, step_id) if thread_id and step_id else None
 
 
-def public(item: Dict[str, Any]) -> Dict[str, Any]:
+def public(item: dict[str, Any]) -> dict[str, Any]:
     """An item as Chainlit sees it: no keys, index or bookkeeping attributes, no Nones."""
     return {k: v for k, v in item.items() if k not in INTERNAL_ATTRIBUTES and v is not None}
 
 
-def storable(values: Dict[str, Any]) -> Dict[str, Any]:
+def storable(values: dict[str, Any]) -> dict[str, Any]:
     """Values from a dict Chainlit hands us, without names this layer reserves (a key
     attribute in a step dict would otherwise move or corrupt the item)."""
     return {k: v for k, v in values.items() if k not in INTERNAL_ATTRIBUTES}
@@ -179,9 +179,9 @@ class Expression:
     """Collects placeholder names and values for one DynamoDB expression set."""
 
     def __init__(self):
-        self.names: Dict[str, str] = {}
-        self._placeholders: Dict[str, str] = {}
-        self.values: Dict[str, Any] = {}
+        self.names: dict[str, str] = {}
+        self._placeholders: dict[str, str] = {}
+        self.values: dict[str, Any] = {}
 
     def name(self, attribute: str) -> str:
         placeholder = self._placeholders.get(attribute)
@@ -196,14 +196,14 @@ class Expression:
     def names_of(self, attributes) -> str:
         return ", ".join(self.name(a) for a in attributes)
 
-    def value(self, value: Any, label: Optional[str] = None) -> str:
+    def value(self, value: Any, label: str | None = None) -> str:
         """A value placeholder; `label` names the field in an error about the value."""
         placeholder = f":v{len(self.values)}"
         self.values[placeholder] = serialize_value(value, label or placeholder)
         return placeholder
 
-    def kwargs(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self.names:
             out["ExpressionAttributeNames"] = dict(self.names)
         if self.values:

@@ -11,7 +11,8 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from storage.base import element_object_key
 
@@ -41,18 +42,18 @@ class TooLarge(DataLayerError, ValueError):
 
 
 class LargeAttributes:
-    def __init__(self, storage: Optional["BlobStorage"], inline_limit: int, logger: logging.Logger):
+    def __init__(self, storage: BlobStorage | None, inline_limit: int, logger: logging.Logger):
         self.storage = storage
         self.inline_limit = inline_limit
         self.logger = logger
 
-    def fits(self, item: Dict[str, Any]) -> bool:
+    def fits(self, item: dict[str, Any]) -> bool:
         """The item stays inline as it is (the search digest does not count: it has its
         own cap and never moves)."""
         return item_size({k: v for k, v in item.items() if k not in DIGEST_ATTRIBUTES}) <= self.inline_limit
 
-    async def offload(self, item: Dict[str, Any], owner: Optional[str], thread_id: str, label: str,
-                      previous: Dict[str, Any], previous_blobs: Dict[str, str]) -> Tuple[Dict[str, Any], List[str]]:
+    async def offload(self, item: dict[str, Any], owner: str | None, thread_id: str, label: str,
+                      previous: dict[str, Any], previous_blobs: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
         """The item to write, with its largest attributes moved to blob storage while it is
         over the inline limit; and the keys of blobs uploaded for it (to clean up on failure).
 
@@ -67,8 +68,8 @@ class LargeAttributes:
         if total <= self.inline_limit:
             return stored, []
         sizes = {k: len(k.encode()) + value_size(v) for k, v in stored.items() if k not in PINNED_ATTRIBUTES}
-        blobs: Dict[str, str] = {}
-        moves: List[Tuple[str, Any]] = []
+        blobs: dict[str, str] = {}
+        moves: list[tuple[str, Any]] = []
         for attribute in sorted(sizes, key=sizes.__getitem__, reverse=True):
             if total <= self.inline_limit:
                 break
@@ -84,7 +85,7 @@ class LargeAttributes:
         if moves and self.storage is None:
             raise TooLarge(f"{label} of thread {thread_id!r} exceeds {self.inline_limit} bytes and no "
                            "storage client is configured to hold its large attributes")
-        uploaded: List[str] = []
+        uploaded: list[str] = []
         try:
             for attribute, value in moves:
                 key = element_object_key(owner, thread_id, f"_{label}", f"{attribute}.{uuid.uuid4().hex}.json")
@@ -98,7 +99,7 @@ class LargeAttributes:
         stored[BLOBS] = blobs
         return stored, uploaded
 
-    async def hydrate(self, item: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    async def hydrate(self, item: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """The item with its blob-stored attributes read back, and the blob map."""
         blobs = item.pop(BLOBS, None) or {}
         if blobs:
@@ -106,11 +107,11 @@ class LargeAttributes:
                 raise TooLarge(f"item {item.get('PK')}/{item.get('SK')} has attributes in blob storage "
                                "but no storage client is configured")
             bodies = await asyncio.gather(*(self.storage.read_file(k) for k in blobs.values()))
-            for attribute, body in zip(blobs, bodies):
+            for attribute, body in zip(blobs, bodies, strict=True):
                 item[attribute] = json.loads(body)
         return item, blobs
 
-    async def discard(self, keys: Iterable[Optional[str]], operation: str) -> None:
+    async def discard(self, keys: Iterable[str | None], operation: str) -> None:
         """Delete blobs nothing points at (uploaded for a write that failed). Best effort:
         the write's own error is the one to report."""
         keys = [k for k in keys if k]
@@ -122,7 +123,7 @@ class LargeAttributes:
             self.logger.warning("%s: %d unused blob(s) could not be removed (%s)", operation, len(keys),
                                 type(exc).__name__)
 
-    async def forget_uploads(self, exc: BaseException, uploaded: List[str], operation: str) -> None:
+    async def forget_uploads(self, exc: BaseException, uploaded: list[str], operation: str) -> None:
         """After a failed item write: delete the blobs uploaded for it only when the item
         was certainly not written. When the outcome is unknown (timeout, cancellation), the
         item may point at them: an orphaned blob is better than a broken item."""
@@ -135,9 +136,9 @@ class LargeAttributes:
                                 type(exc).__name__, len(uploaded))
 
 
-async def put_versioned(table: "Table", large: LargeAttributes, operation: str, ids: Dict[str, Any],
-                        item: Dict[str, Any], old: Optional[Dict[str, Any]], old_blobs: Dict[str, str], *,
-                        owner: Optional[str], thread_id: str, label: str, journaled: bool = False) -> List[str]:
+async def put_versioned(table: Table, large: LargeAttributes, operation: str, ids: dict[str, Any],
+                        item: dict[str, Any], old: dict[str, Any] | None, old_blobs: dict[str, str], *,
+                        owner: str | None, thread_id: str, label: str, journaled: bool = False) -> list[str]:
     """Write `item` if nobody changed it since `old` was read (else raise Conflict), with
     its large attributes offloaded. Returns the keys of `old`'s blobs it no longer uses."""
     previous_rev = old.get(REV) if old else None

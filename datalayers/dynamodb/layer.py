@@ -14,7 +14,7 @@ import os
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 from botocore.config import Config
@@ -75,11 +75,11 @@ class DynamoDBDataLayer(PersistentDataLayer):
         self,
         table_name: str,
         *,
-        region: Optional[str] = None,
-        endpoint_url: Optional[str] = None,
-        storage: Optional["BlobStorage"] = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        storage: BlobStorage | None = None,
         auto_migrate: bool = False,
-        cursor_secret: Optional[bytes] = None,
+        cursor_secret: bytes | None = None,
         client: Any = None,
         verify_table: bool = True,
         inline_limit: int = DEFAULT_INLINE_LIMIT,
@@ -115,13 +115,13 @@ class DynamoDBDataLayer(PersistentDataLayer):
         self.digests = DigestMemory()
         # identifier -> user id, the reverse of the base's cache: a step write gives an
         # ownerless thread its owner's id without reading the user.
-        self._user_ids: "OrderedDict[str, str]" = OrderedDict()
+        self._user_ids: OrderedDict[str, str] = OrderedDict()
         self.steps = StepWrites(self.table, self.large, self.digests, self.logger,
                                 owner_id=self._cached_user_id, delete_blobs=self._delete_blobs)
         self.sidebar = Sidebar(self.table, self.large)
 
     @classmethod
-    def from_url(cls, url: str, *, storage=None, auto_migrate: bool = False, **kwargs) -> "DynamoDBDataLayer":
+    def from_url(cls, url: str, *, storage=None, auto_migrate: bool = False, **kwargs) -> DynamoDBDataLayer:
         options = parse_dynamodb_url(url)
         return cls(options["table"], region=options["region"], endpoint_url=options["endpoint_url"],
                    storage=storage, auto_migrate=auto_migrate, **kwargs)
@@ -147,7 +147,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
         self.table.mark_ready()
         return created
 
-    def _failure_kind(self, exc: BaseException) -> Optional[str]:
+    def _failure_kind(self, exc: BaseException) -> str | None:
         return failure_kind(exc)
 
     async def _close(self) -> None:
@@ -163,10 +163,10 @@ class DynamoDBDataLayer(PersistentDataLayer):
         while len(self._identifiers) > USER_CACHE_SIZE:
             self._identifiers.pop(next(iter(self._identifiers)))
 
-    def _cached_user_id(self, identifier: Optional[str]) -> Optional[str]:
+    def _cached_user_id(self, identifier: str | None) -> str | None:
         return self._user_ids.get(identifier) if identifier else None
 
-    def _persisted_user(self, item: Dict[str, Any]) -> PersistedUser:
+    def _persisted_user(self, item: dict[str, Any]) -> PersistedUser:
         self._cache_user(item["id"], item["identifier"])
         metadata = item.get("metadata") or {}
         return PersistedUser(
@@ -174,7 +174,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
             display_name=metadata.get("display_name") if isinstance(metadata, dict) else None,
         )
 
-    async def _get_user(self, identifier: str) -> Optional[PersistedUser]:
+    async def _get_user(self, identifier: str) -> PersistedUser | None:
         item = await self.table.get(user_key(identifier), "get_user", {"identifier": identifier})
         return self._persisted_user(item) if item else None
 
@@ -197,7 +197,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
                               Item=serialize({**locator_key("USERID", item["id"]), "identifier": identifier}))
         return self._persisted_user(item)
 
-    async def _user_identifier(self, user_id: Optional[str], journaled: bool = False) -> Optional[str]:
+    async def _user_identifier(self, user_id: str | None, journaled: bool = False) -> str | None:
         """The identifier of a persisted user id. Users written by Chainlit's layer have
         id == identifier and no locator item."""
         if not user_id:
@@ -216,7 +216,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
             self._cache_user(user_id, identifier)
         return identifier
 
-    async def _user_id(self, identifier: Optional[str]) -> Optional[str]:
+    async def _user_id(self, identifier: str | None) -> str | None:
         """The id of a user by identifier (a thread owned through a step write may have
         only the identifier)."""
         if not identifier:
@@ -230,10 +230,10 @@ class DynamoDBDataLayer(PersistentDataLayer):
         return self._user_ids[identifier]
 
     # ------------------------------------------------------------------ journaled writes
-    async def _write_step(self, write: StepWrite, actor: Optional[str]) -> None:
+    async def _write_step(self, write: StepWrite, actor: str | None) -> None:
         await self.steps.write(write, actor)
 
-    async def _write_thread(self, write: ThreadWrite, actor: Optional[str]) -> None:
+    async def _write_thread(self, write: ThreadWrite, actor: str | None) -> None:
         """update_thread: read, change, write back conditional on `_rev` (large metadata
         moved to blob storage). The owner is set once and never replaced."""
         ids = {"thread_id": write.id}
@@ -243,12 +243,12 @@ class DynamoDBDataLayer(PersistentDataLayer):
             if identifier is None:
                 raise ValueError(f"update_thread: unknown user id {write.user_id!r}")
 
-        async def attempt() -> List[str]:
+        async def attempt() -> list[str]:
             old = await self.table.get(thread_key(write.id), "update_thread", ids, journaled=True)
-            old_blobs: Dict[str, str] = {}
+            old_blobs: dict[str, str] = {}
             if old is None:
                 at = write.at
-                item: Dict[str, Any] = {**thread_key(write.id), "id": write.id, "createdAt": at, "updatedAt": at,
+                item: dict[str, Any] = {**thread_key(write.id), "id": write.id, "createdAt": at, "updatedAt": at,
                                         "UserThreadSK": activity_sort_key(at, write.id),
                                         "metadata": merge_changes({}, write.metadata),
                                         TEXT: [], TEXT_BYTES: 0, TEXT_SINCE: at}
@@ -276,13 +276,13 @@ class DynamoDBDataLayer(PersistentDataLayer):
         replaced = await retry_conflicts("update_thread", ids, attempt, self.logger)
         await self._delete_blobs(replaced, write.id)
 
-    async def _remove_step(self, step_id: str, thread_hint: Optional[str]) -> List[str]:
+    async def _remove_step(self, step_id: str, thread_hint: str | None) -> list[str]:
         thread_id = await self._locate_step(step_id, thread_hint, journaled=True)
         if thread_id is None:
             return []
         ids = {"step_id": step_id, "thread_id": thread_id}
 
-        async def attempt() -> List[str]:
+        async def attempt() -> list[str]:
             step = await self.table.get(step_key(thread_id, step_id), "delete_step", ids, journaled=True)
             if step is None:
                 return []
@@ -311,7 +311,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
         await self.table.batch_delete(keys, "delete_step", ids, journaled=True)
         return [k for k in blob_keys if k]
 
-    async def _write_element(self, row: dict, actor: Optional[str]) -> List[str]:
+    async def _write_element(self, row: dict, actor: str | None) -> list[str]:
         thread_id, element_id = row["threadId"], row["id"]
         ids = {"element_id": element_id, "thread_id": thread_id}
         item = {**storable(row), **element_key(thread_id, element_id)}
@@ -330,7 +330,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
         replaced = [previous.get("objectKey"), *(previous.get(BLOBS) or {}).values()]
         return [k for k in replaced if k and k not in kept]
 
-    async def _remove_element(self, element_id: str, thread_id: Optional[str]) -> List[str]:
+    async def _remove_element(self, element_id: str, thread_id: str | None) -> list[str]:
         thread_id = thread_id or await self._element_thread(element_id, journaled=True)
         if thread_id is None:
             return []
@@ -343,7 +343,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
             return []
         return [k for k in (item.get("objectKey"), *(item.get(BLOBS) or {}).values()) if k]
 
-    async def _element_thread(self, element_id: str, journaled: bool = False) -> Optional[str]:
+    async def _element_thread(self, element_id: str, journaled: bool = False) -> str | None:
         """The element's locator, else (elements written by Chainlit's layer) the session's
         thread if the element is there."""
         ids = {"id": element_id}
@@ -357,15 +357,15 @@ class DynamoDBDataLayer(PersistentDataLayer):
         return None
 
     # ------------------------------------------------------------------ threads
-    async def _author(self, thread: Dict[str, Any]) -> Optional[str]:
+    async def _author(self, thread: dict[str, Any]) -> str | None:
         return thread.get("userIdentifier") or await self._user_identifier(thread.get("userId"))
 
-    async def _thread_author(self, thread_id: str) -> Optional[str]:
+    async def _thread_author(self, thread_id: str) -> str | None:
         thread = await self.table.get(thread_key(thread_id), "get_thread_author", {"thread_id": thread_id},
                                       attributes=("userId", "userIdentifier"))
         return await self._author(thread) if thread else None
 
-    async def _read_thread(self, thread_id: str) -> Optional[ThreadDict]:
+    async def _read_thread(self, thread_id: str) -> ThreadDict | None:
         for attempt in range(2):
             try:
                 return await self._read_thread_once(thread_id)
@@ -376,7 +376,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
                     raise
         return None
 
-    async def _read_thread_once(self, thread_id: str) -> Optional[ThreadDict]:
+    async def _read_thread_once(self, thread_id: str) -> ThreadDict | None:
         items = await self.table.partition(thread_id, "get_thread")
         thread = next((i for i in items if i["SK"] == "THREAD"), None)
         if thread is None:
@@ -396,7 +396,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
             tags=thread.get("tags"), metadata=thread.get("metadata") or {}, steps=steps, elements=elements,
         )
 
-    async def _read_element(self, thread_id: str, element_id: str) -> Optional[dict]:
+    async def _read_element(self, thread_id: str, element_id: str) -> dict | None:
         ids = {"thread_id": thread_id, "element_id": element_id}
         item = await self.table.get(element_key(thread_id, element_id), "get_element", ids)
         if item is None:
@@ -404,24 +404,24 @@ class DynamoDBDataLayer(PersistentDataLayer):
         item, _ = await self.large.hydrate(item)
         return public(item)
 
-    async def _page_threads(self, user_id: str, position: Optional[dict], limit: int, search: Optional[str],
-                            feedback: Optional[int]) -> List[tuple]:
+    async def _page_threads(self, user_id: str, position: dict | None, limit: int, search: str | None,
+                            feedback: int | None) -> list[tuple]:
         identifier = await self._user_identifier(user_id)
         if identifier is None:
             return []
         return await self.sidebar.page(user_id, identifier, position, limit, search, feedback)
 
-    async def _favorite_steps(self, user_id: str) -> List[dict]:
+    async def _favorite_steps(self, user_id: str) -> list[dict]:
         identifier = await self._user_identifier(user_id)
         if identifier is None:
             return []
         return await self.sidebar.favorites(user_id, identifier)
 
-    async def _remove_thread(self, thread_id: str) -> List[str]:
+    async def _remove_thread(self, thread_id: str) -> list[str]:
         ids = {"thread_id": thread_id}
         items = await self.table.partition(thread_id, "delete_thread", attributes=("PK", "SK", "objectKey", BLOBS))
-        children: List[Dict[str, str]] = []
-        blob_keys: List[str] = []
+        children: list[dict[str, str]] = []
+        blob_keys: list[str] = []
         thread_item = None
         for item in items:
             key = {"PK": item["PK"], "SK": item["SK"]}
@@ -444,10 +444,10 @@ class DynamoDBDataLayer(PersistentDataLayer):
         return blob_keys
 
     # ------------------------------------------------------------------ feedback
-    async def _step_thread(self, step_id: str, thread_hint: Optional[str]) -> Optional[str]:
+    async def _step_thread(self, step_id: str, thread_hint: str | None) -> str | None:
         return await self._locate_step(step_id, thread_hint)
 
-    async def _locate_step(self, step_id: str, thread_hint: Optional[str], journaled: bool = False) -> Optional[str]:
+    async def _locate_step(self, step_id: str, thread_hint: str | None, journaled: bool = False) -> str | None:
         """The step's thread from its locator; a hint (the session's thread, a client-sent
         threadId) only when the step is really there (Chainlit's steps have no locator)."""
         ids = {"id": step_id}
@@ -467,7 +467,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
             raise ValueError(f"feedback for unknown step {feedback.forId!r} in thread {thread_id!r}")
         return feedback_id
 
-    async def _feedback_thread(self, feedback_id: str) -> Optional[str]:
+    async def _feedback_thread(self, feedback_id: str) -> str | None:
         parsed = parse_feedback_id(feedback_id)
         if parsed is None:
             return None

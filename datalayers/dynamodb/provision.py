@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -32,7 +32,7 @@ TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "cloudformation" / "dynamo
 logger = logging.getLogger("chainlit").getChild("DynamoDB")
 
 
-def load_table_template(path: Path = TEMPLATE_PATH) -> Dict[str, Any]:
+def load_table_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     """The `Properties` of the one `AWS::DynamoDB::Table` resource in the template."""
     with open(path, encoding="utf-8") as fh:
         template = json.load(fh)
@@ -42,13 +42,13 @@ def load_table_template(path: Path = TEMPLATE_PATH) -> Dict[str, Any]:
     return tables[0]["Properties"]
 
 
-def create_table_request(properties: Dict[str, Any], table_name: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def create_table_request(properties: dict[str, Any], table_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Translate CloudFormation table properties into a CreateTable request, plus the
     settings that need their own API calls after creation (PITR, TTL).
 
     Unknown properties are an error, so the template and this code cannot drift apart."""
-    request: Dict[str, Any] = {"TableName": table_name}
-    after: Dict[str, Any] = {}
+    request: dict[str, Any] = {"TableName": table_name}
+    after: dict[str, Any] = {}
     copied = ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "LocalSecondaryIndexes",
               "BillingMode", "ProvisionedThroughput", "TableClass", "DeletionProtectionEnabled", "Tags")
     for name, value in properties.items():
@@ -74,7 +74,7 @@ def create_table_request(properties: Dict[str, Any], table_name: str) -> Tuple[D
     return request, after
 
 
-def check_table_description(table: Dict[str, Any]) -> None:
+def check_table_description(table: dict[str, Any]) -> None:
     """Raise when an existing table cannot serve this layer: a table made by Chainlit's
     layer, or by an earlier version of this one, whose UserThread index does not project
     what a sidebar page reads (the page is built from the index alone)."""
@@ -151,7 +151,7 @@ async def _wait_for_index(client, table_name: str, present: bool, wait_seconds: 
 
 
 async def upgrade_table(client, table_name: str, template: Path = TEMPLATE_PATH,
-                        wait_seconds: int = 3600) -> Dict[str, int]:
+                        wait_seconds: int = 3600) -> dict[str, int]:
     """Make a table written by Chainlit's DynamoDB layer (or an earlier version of this one)
     serve this one. Idempotent.
 
@@ -189,8 +189,8 @@ async def upgrade_table(client, table_name: str, template: Path = TEMPLATE_PATH,
             recreated = 1
 
         counted: set = set()
-        counts: Dict[str, Dict[int, int]] = {}
-        kwargs: Dict[str, Any] = {"TableName": table_name, "ProjectionExpression": "PK, SK, feedback, #up",
+        counts: dict[str, dict[int, int]] = {}
+        kwargs: dict[str, Any] = {"TableName": table_name, "ProjectionExpression": "PK, SK, feedback, #up",
                                   "ExpressionAttributeNames": {"#up": FEEDBACK_UP}}
         while True:
             page = await client.scan(**kwargs)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from .client import Table
 from .items import BLOBS, TEXT, TEXT_BYTES, TEXT_SINCE, TEXT_TRUNCATED, Expression, remove_prefix, thread_key
@@ -30,7 +30,7 @@ TEXT_LIMIT = 24 * 1024
 MEMORY_SIZE = 10_000
 
 
-def digest_text(output: Any) -> Optional[str]:
+def digest_text(output: Any) -> str | None:
     """What a step's output adds to its thread's digest (any step: a tool's output is shown
     to the user too), or None."""
     if output is None or output == "":
@@ -38,7 +38,7 @@ def digest_text(output: Any) -> Optional[str]:
     return str(output).lower()
 
 
-def digest_append(e: Expression, text: str) -> Optional[Tuple[str, str, str]]:
+def digest_append(e: Expression, text: str) -> tuple[str, str, str] | None:
     """The SET and ADD clauses appending `text` to the digest, and the condition that keeps
     it under TEXT_LIMIT and stops at truncation; None when it cannot fit."""
     size = len(text.encode("utf-8"))
@@ -51,7 +51,7 @@ def digest_append(e: Expression, text: str) -> Optional[Tuple[str, str, str]]:
     return set_text, add_bytes, condition
 
 
-def digest_complete(digest: Dict[str, Any]) -> bool:
+def digest_complete(digest: dict[str, Any]) -> bool:
     """The digest holds every step's text. `_textSince` equals `createdAt` only when the
     digest started with the thread: a thread written by Chainlit's layer or before digests
     existed gets a later one."""
@@ -66,8 +66,8 @@ class DigestMemory:
 
     def __init__(self, size: int = MEMORY_SIZE):
         self.size = size
-        self._truncated: "OrderedDict[str, None]" = OrderedDict()
-        self._appended: "OrderedDict[str, bytes]" = OrderedDict()
+        self._truncated: OrderedDict[str, None] = OrderedDict()
+        self._appended: OrderedDict[str, bytes] = OrderedDict()
 
     @staticmethod
     def _hash(text: str) -> bytes:
@@ -88,26 +88,26 @@ class DigestMemory:
     def already_appended(self, step_id: str, text: str) -> bool:
         return self._appended.get(step_id) == self._hash(text)
 
-    def appended(self, step_id: str, text: Optional[str]) -> None:
+    def appended(self, step_id: str, text: str | None) -> None:
         if text is not None:
             self._remember(self._appended, step_id, self._hash(text))
 
 
-async def search_filter(table: Table, large: LargeAttributes, batch: List[Dict[str, Any]],
-                        term: str) -> List[Dict[str, Any]]:
+async def search_filter(table: Table, large: LargeAttributes, batch: list[dict[str, Any]],
+                        term: str) -> list[dict[str, Any]]:
     """The threads of `batch` (index items) whose name or a step's output contains `term`
     (lowercased, literal). Digests of the threads whose name does not match are read with
     BatchGetItem; a thread without a complete digest and no match in it costs one query of
     its steps, run concurrently."""
     semaphore = asyncio.Semaphore(16)
     unnamed = [item["id"] for item in batch if term not in str(item.get("name") or "").lower()]
-    digests: Dict[str, Dict[str, Any]] = {}
+    digests: dict[str, dict[str, Any]] = {}
     if unnamed:
         for digest in await table.batch_get([thread_key(t) for t in unnamed], "list_threads search",
                                             ("PK", "createdAt", TEXT, TEXT_TRUNCATED, TEXT_SINCE)):
             digests[remove_prefix(digest["PK"], "THREAD#")] = digest
 
-    async def matches(item: Dict[str, Any]) -> bool:
+    async def matches(item: dict[str, Any]) -> bool:
         if term in str(item.get("name") or "").lower():
             return True
         digest = digests.get(item["id"]) or {}  # none: deleted since the index query, or not yet readable
@@ -119,7 +119,7 @@ async def search_filter(table: Table, large: LargeAttributes, batch: List[Dict[s
             return await steps_contain(table, large, item["id"], term)
 
     flags = await asyncio.gather(*(matches(item) for item in batch))
-    return [item for item, keep in zip(batch, flags) if keep]
+    return [item for item, keep in zip(batch, flags, strict=True) if keep]
 
 
 async def steps_contain(table: Table, large: LargeAttributes, thread_id: str, term: str) -> bool:

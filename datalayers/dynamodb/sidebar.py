@@ -11,8 +11,9 @@ moved to blob storage (`_blobs`) is read from storage.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
+from typing import Any
 
 from chainlit.types import ThreadDict
 
@@ -36,7 +37,7 @@ from .large import LargeAttributes
 from .search import search_filter
 
 
-def step_dict(item: Dict[str, Any], with_feedback: bool = True) -> Dict[str, Any]:
+def step_dict(item: dict[str, Any], with_feedback: bool = True) -> dict[str, Any]:
     """A stored step as Chainlit's dict, its rating in Chainlit's feedback shape."""
     data = public(item)
     feedback = data.pop("feedback", None)
@@ -52,14 +53,14 @@ class Sidebar:
         self.table = table
         self.large = large
 
-    async def page(self, user_id: str, identifier: str, position: Optional[dict], limit: int,
-                   search: Optional[str], feedback: Optional[int]) -> List[Tuple[ThreadDict, dict]]:
+    async def page(self, user_id: str, identifier: str, position: dict | None, limit: int,
+                   search: str | None, feedback: int | None) -> list[tuple[ThreadDict, dict]]:
         """Up to `limit` threads after `position`, most recently active first, each with
         the cursor position that follows it."""
         term = search.lower() if search else None
         ids = {"user_id": user_id}
         e = Expression()
-        kwargs: Dict[str, Any] = {
+        kwargs: dict[str, Any] = {
             "IndexName": INDEX_NAME,
             "KeyConditionExpression": f"{e.name('UserThreadPK')} = {e.value(f'USER#{identifier}')}",
             "ScanIndexForward": False,
@@ -77,7 +78,7 @@ class Sidebar:
                 raise ValueError("invalid pagination cursor")
             kwargs["ExclusiveStartKey"] = serialize({"UserThreadPK": f"USER#{identifier}", "UserThreadSK": sort_key,
                                                      **thread_key(last_id)})
-        matches: List[Dict[str, Any]] = []
+        matches: list[dict[str, Any]] = []
         async with aclosing(self._index_batches(kwargs, ids)) as batches:
             async for batch in batches:
                 if term is not None:
@@ -87,9 +88,9 @@ class Sidebar:
                     break
         matches = matches[:limit]
         threads = await asyncio.gather(*(self._thread(m, user_id, identifier) for m in matches))
-        return [(thread, {"s": m["UserThreadSK"], "t": m["id"]}) for thread, m in zip(threads, matches)]
+        return [(thread, {"s": m["UserThreadSK"], "t": m["id"]}) for thread, m in zip(threads, matches, strict=True)]
 
-    async def _index_batches(self, kwargs: Dict[str, Any], ids: Dict[str, Any]) -> AsyncIterator[List[Dict[str, Any]]]:
+    async def _index_batches(self, kwargs: dict[str, Any], ids: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
         """Slices of the UserThread index query (each at most `Limit` items evaluated)."""
         kwargs = {"TableName": self.table.name, **kwargs}
         while True:
@@ -107,7 +108,7 @@ class Sidebar:
                 return
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    async def _thread(self, item: Dict[str, Any], user_id: str, identifier: str) -> ThreadDict:
+    async def _thread(self, item: dict[str, Any], user_id: str, identifier: str) -> ThreadDict:
         """The thread as a page shows it, from its index item. The index partition is the
         owner's, so a thread owned through a step write (no `userId` yet) gets the owner's."""
         if item.get(BLOBS):
@@ -125,7 +126,7 @@ class Sidebar:
             tags=item.get("tags"), metadata=item.get("metadata") or {}, steps=[], elements=[],
         )
 
-    async def favorites(self, user_id: str, identifier: str) -> List[Dict[str, Any]]:
+    async def favorites(self, user_id: str, identifier: str) -> list[dict[str, Any]]:
         """Steps whose metadata says favorite, in all of the user's threads, newest first."""
         ids = {"user_id": user_id}
         e = Expression()
@@ -145,7 +146,7 @@ class Sidebar:
 
         semaphore = asyncio.Semaphore(16)
 
-        async def favorites_in(thread_id: str) -> List[Dict[str, Any]]:
+        async def favorites_in(thread_id: str) -> list[dict[str, Any]]:
             async with semaphore:
                 items = await self.table.partition(thread_id, "get_favorite_steps", "STEP#",
                                                    filter_expression=favorite)

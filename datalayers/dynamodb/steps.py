@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..writes import StepWrite
 from .client import CONFLICT_ATTEMPTS, DynamoDBError, Table, _backoff, retry_conflicts
@@ -45,7 +46,7 @@ CCF = "ConditionalCheckFailed"
 MAX_EXPRESSION = 4000
 
 
-def _expressions_fit(request: Dict[str, Any]) -> bool:
+def _expressions_fit(request: dict[str, Any]) -> bool:
     return all(len(request.get(k, "")) <= MAX_EXPRESSION for k in ("UpdateExpression", "ConditionExpression"))
 
 
@@ -55,8 +56,8 @@ def _refused_path(exc: DynamoDBError) -> bool:
     return exc.code == "ValidationException" and "document path" in str(exc).lower()
 
 
-def thread_update(table: str, thread_id: str, at: str, *, actor: Optional[str], actor_id: Optional[str],
-                  may_create: bool, bump: bool, text: Optional[str], truncated: bool) -> Tuple[Dict[str, Any], bool]:
+def thread_update(table: str, thread_id: str, at: str, *, actor: str | None, actor_id: str | None,
+                  may_create: bool, bump: bool, text: str | None, truncated: bool) -> tuple[dict[str, Any], bool]:
     """The Update of the thread a step write touches, and whether it appends `text` to the
     digest. `may_create`: create the thread when missing (a step may be its first write);
     otherwise the update requires it, so a deleted thread is never brought back. `bump`:
@@ -65,8 +66,8 @@ def thread_update(table: str, thread_id: str, at: str, *, actor: Optional[str], 
     instead of writing back the digest it read."""
     e = Expression()
     sets = [f"{e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"]
-    adds: List[str] = []
-    conditions: List[str] = []
+    adds: list[str] = []
+    conditions: list[str] = []
     if may_create:
         when, order = e.value(at), e.value(activity_sort_key(at, thread_id))
         if bump:
@@ -99,7 +100,7 @@ def thread_update(table: str, thread_id: str, at: str, *, actor: Optional[str], 
             conditions.append(condition)
             appends = True
     expression = "SET " + ", ".join(sets) + (" ADD " + ", ".join(adds) if adds else "")
-    request: Dict[str, Any] = {"TableName": table, "Key": serialize(thread_key(thread_id)),
+    request: dict[str, Any] = {"TableName": table, "Key": serialize(thread_key(thread_id)),
                                "UpdateExpression": expression, **e.kwargs()}
     if conditions:
         request["ConditionExpression"] = " AND ".join(conditions)
@@ -113,7 +114,7 @@ def _clean(write: StepWrite) -> StepWrite:
                      dict(write.fill_metadata), dict(write.overwrite_metadata), write.created, write.at)
 
 
-def _reason(exc: DynamoDBError, index: int) -> Optional[str]:
+def _reason(exc: DynamoDBError, index: int) -> str | None:
     if exc.code != "TransactionCanceledException" or index >= len(exc.reasons):
         return None
     return exc.reasons[index]
@@ -121,8 +122,8 @@ def _reason(exc: DynamoDBError, index: int) -> Optional[str]:
 
 class StepWrites:
     def __init__(self, table: Table, large: LargeAttributes, digests: DigestMemory, logger: logging.Logger, *,
-                 owner_id: Callable[[Optional[str]], Optional[str]],
-                 delete_blobs: Callable[[List[str], str], Awaitable[None]]):
+                 owner_id: Callable[[str | None], str | None],
+                 delete_blobs: Callable[[list[str], str], Awaitable[None]]):
         self.table = table
         self.large = large
         self.digests = digests
@@ -130,7 +131,7 @@ class StepWrites:
         self.owner_id = owner_id  # the cached user id of an identifier, or None
         self.delete_blobs = delete_blobs  # the base's journaled blob deletion
 
-    async def write(self, write: StepWrite, actor: Optional[str]) -> None:
+    async def write(self, write: StepWrite, actor: str | None) -> None:
         write = _clean(write)
         if write.created:
             await self._create(write, actor)
@@ -138,11 +139,11 @@ class StepWrites:
             await self._update(write, actor)
 
     @staticmethod
-    def _ids(write: StepWrite) -> Dict[str, Any]:
+    def _ids(write: StepWrite) -> dict[str, Any]:
         return {"step_id": write.id, "thread_id": write.thread_id}
 
     # ------------------------------------------------------------------ create: one transaction
-    async def _create(self, write: StepWrite, actor: Optional[str]) -> None:
+    async def _create(self, write: StepWrite, actor: str | None) -> None:
         row = {**write.new_row(), **step_key(write.thread_id, write.id)}
         if not self.large.fits(row):
             return await self._general(write, actor)
@@ -183,10 +184,10 @@ class StepWrites:
                             "TransactionConflict")
 
     # ------------------------------------------------------------------ update: one request
-    def _step_update(self, write: StepWrite) -> Dict[str, Any]:
+    def _step_update(self, write: StepWrite) -> dict[str, Any]:
         e = Expression()
         sets = [f"{e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"]
-        removes: List[str] = []
+        removes: list[str] = []
         conditions = [f"attribute_exists({e.name('PK')})", f"attribute_not_exists({e.name(BLOBS)})"]
         for key, value in write.overwrite.items():
             sets.append(f"{e.name(key)} = {e.value(value, key)}")
@@ -211,7 +212,7 @@ class StepWrites:
         return {"TableName": self.table.name, "Key": serialize(step_key(write.thread_id, write.id)),
                 "UpdateExpression": expression, "ConditionExpression": " AND ".join(conditions), **e.kwargs()}
 
-    async def _update(self, write: StepWrite, actor: Optional[str]) -> None:
+    async def _update(self, write: StepWrite, actor: str | None) -> None:
         metadata = {**write.fill_metadata, **write.overwrite_metadata}
         if not self.large.fits({**write.values(), "metadata": metadata}):
             return await self._general(write, actor)
@@ -255,7 +256,7 @@ class StepWrites:
                             "TransactionConflict")
 
     # ------------------------------------------------------------------ general path
-    async def _touch_thread(self, write: StepWrite, actor: Optional[str], text: Optional[str], *,
+    async def _touch_thread(self, write: StepWrite, actor: str | None, text: str | None, *,
                             may_create: bool, bump: bool) -> None:
         """The thread part of a step write on the general path, in its own request (before
         the step write: a touched thread without its step is harmless, a step without its
@@ -276,16 +277,16 @@ class StepWrites:
                 truncated = True
                 self.digests.truncated(write.thread_id)
 
-    async def _general(self, write: StepWrite, actor: Optional[str]) -> None:
+    async def _general(self, write: StepWrite, actor: str | None) -> None:
         operation = "create_step" if write.created else "update_step"
         ids = self._ids(write)
         key = step_key(write.thread_id, write.id)
         touched = False
 
-        async def attempt() -> List[str]:
+        async def attempt() -> list[str]:
             nonlocal touched
             stored = await self.table.get(key, operation, ids, journaled=True)
-            old_blobs: Dict[str, str] = {}
+            old_blobs: dict[str, str] = {}
             if stored is not None:
                 stored, old_blobs = await self.large.hydrate(stored)
             item = write.apply_to(stored)

@@ -5,7 +5,7 @@ permanent ones (the database rejected this input) at once."""
 from __future__ import annotations
 
 import socket
-from typing import Iterator
+from collections.abc import Iterator
 
 from sqlalchemy.exc import (
     DataError,
@@ -15,6 +15,8 @@ from sqlalchemy.exc import (
     InterfaceError,
     OperationalError,
     ProgrammingError,
+)
+from sqlalchemy.exc import (
     TimeoutError as PoolTimeout,
 )
 

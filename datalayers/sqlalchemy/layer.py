@@ -102,7 +102,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         self._migrate_lock = asyncio.Lock()
 
     @classmethod
-    def from_url(cls, url: str, *, storage=None, auto_migrate: bool = True, **kwargs) -> "SQLAlchemyDataLayer":
+    def from_url(cls, url: str, *, storage=None, auto_migrate: bool = True, **kwargs) -> SQLAlchemyDataLayer:
         return cls(url, storage=storage, auto_migrate=auto_migrate, **kwargs)
 
     def __repr__(self) -> str:

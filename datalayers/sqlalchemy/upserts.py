@@ -23,7 +23,8 @@ compiled to SQL text, and kept: a write only binds its values.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from sqlalchemy import String, Text, TextClause, bindparam, case, func, or_, select, text
 from sqlalchemy.dialects import mysql, postgresql, sqlite

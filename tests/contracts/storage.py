@@ -107,7 +107,7 @@ class StorageContract:
     async def test_round_trip_str_is_utf8(self, storage):
         key = _key("note.txt")
         await storage.upload_file(key, "héllo wörld ✓", "text/plain")
-        assert await storage.read_file(key) == "héllo wörld ✓".encode("utf-8")
+        assert await storage.read_file(key) == "héllo wörld ✓".encode()
 
     async def test_empty_object(self, storage):
         key = _key("empty")
@@ -123,7 +123,7 @@ class StorageContract:
     async def test_unicode_names_round_trip(self, storage, fetch_url):
         for name in UNICODE_KEYS:
             key = f"{uuid.uuid4().hex}/{name}"
-            body = f"content of {name}".encode("utf-8")
+            body = f"content of {name}".encode()
             result = await storage.upload_file(key, body, "text/plain")
             assert result["object_key"] == key
             assert await storage.read_file(key) == body
@@ -152,7 +152,7 @@ class StorageContract:
             *(storage.upload_file(key, body, overwrite=False) for body in bodies),
             return_exceptions=True,
         )
-        winners = [body for body, result in zip(bodies, results) if not isinstance(result, BaseException)]
+        winners = [body for body, result in zip(bodies, results, strict=True) if not isinstance(result, BaseException)]
         losers = [result for result in results if isinstance(result, BaseException)]
         assert len(winners) == 1, results
         assert all(isinstance(err, ObjectExists) for err in losers), losers

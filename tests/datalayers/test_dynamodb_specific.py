@@ -31,9 +31,9 @@ import datalayers.dynamodb.search as search_module
 from datalayers.actor import request_user
 from datalayers.dynamodb import (
     BLOBS,
+    TEMPLATE_PATH,
     DynamoDBDataLayer,
     DynamoDBError,
-    TEMPLATE_PATH,
     deserialize,
     main,
     parse_dynamodb_url,
@@ -55,7 +55,7 @@ def url_for(endpoint: str, table: str) -> str:
 
 
 @pytest.fixture(scope="module")
-async def table(moto_endpoint, atomic_moto_dynamodb):
+async def table(moto_endpoint, atomic_moto_dynamodb):  # noqa: F811  (the imported fixture)
     name = f"specific-{uuid.uuid4().hex[:8]}"
     layer = DynamoDBDataLayer.from_url(url_for(moto_endpoint, name))
     await layer.provision()

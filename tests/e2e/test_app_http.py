@@ -3,8 +3,8 @@ model, generated first admin), password and header logins, and Chainlit's featur
 
 from __future__ import annotations
 
-import pytest
 import httpx
+import pytest
 
 from tests.e2e.app_runner import RunningApp
 

@@ -90,7 +90,7 @@ async def wait_for_text(locator, text: str, timeout: float = TIMEOUT_MS):
 
 
 async def test_a_person_chats_and_finds_the_conversation_again(app, llm, tmp_path):
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import async_playwright
 
     llm.reset()
     llm.responder = title_or_echo
@@ -196,7 +196,7 @@ async def run_story(page, app, llm, tmp_path):
     assert sent[2]["content"] == "Nice to meet you, Ada. I will remember your name."
 
     # ---- rate the reply ---------------------------------------------------------------
-    last_reply = page.locator(f'[data-step-type="assistant_message"]').last
+    last_reply = page.locator('[data-step-type="assistant_message"]').last
     await last_reply.hover()
     await last_reply.locator(".positive-feedback-off").click()
     await page.get_by_placeholder("Your feedback...").fill("Correct, thanks")

@@ -76,7 +76,7 @@ async def health(app) -> dict:
         return (await client.get("/health")).json()
 
 
-async def test_the_notice_appears_during_an_outage_and_clears_when_saved(sqlite_app, llm):
+async def test_the_notice_appears_during_an_outage_and_clears_when_saved(sqlite_app, llm):  # noqa: F811
     from playwright.async_api import async_playwright, expect
 
     app = sqlite_app

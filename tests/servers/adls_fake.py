@@ -69,7 +69,7 @@ def _error(status: int, code: str, message: str, *, blob_api: bool = False) -> R
 
 
 def _parse_time(value: str) -> dt.datetime:
-    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
 
 
 class FakeAdls:
@@ -129,7 +129,7 @@ class FakeAdls:
             if params.get("sr") != "b" or needs not in params.get("sp", ""):
                 return _error(403, "AuthorizationPermissionMismatch", "SAS does not grant this operation")
             try:
-                now = dt.datetime.now(dt.timezone.utc)
+                now = dt.datetime.now(dt.UTC)
                 if now > _parse_time(params["se"]):
                     return _error(403, "AuthenticationFailed", "Signed expiry time has passed")
                 if "st" in params and now < _parse_time(params["st"]):
@@ -331,7 +331,7 @@ class ServerThread:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
@@ -365,7 +365,7 @@ class FakeAdlsServer:
     def account_url(self) -> str:
         return f"{self._thread.base_url}/{self.fake.account}"
 
-    def start(self) -> "FakeAdlsServer":
+    def start(self) -> FakeAdlsServer:
         self._thread.start()
         return self
 

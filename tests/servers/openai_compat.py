@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -105,7 +106,7 @@ class OpenAICompatServer:
             self._script.clear()
         self.responder = default_responder
 
-    def start(self) -> "OpenAICompatServer":
+    def start(self) -> OpenAICompatServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="openai-compat", daemon=True)
         self._thread.start()
         return self
@@ -117,7 +118,7 @@ class OpenAICompatServer:
         if self._thread:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "OpenAICompatServer":
+    def __enter__(self) -> OpenAICompatServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import hmac
 import importlib
-import os
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
@@ -59,8 +58,8 @@ def sigv4_presigned_url_is_valid(url: str, *, secret_key: str, region: str, now:
         access_key, date, scope_region, service, terminator = query["X-Amz-Credential"].split("/")
     except (KeyError, ValueError):
         return False
-    signed_at = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    signed_at = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     if not (signed_at - dt.timedelta(minutes=15) <= now <= signed_at + dt.timedelta(seconds=expires)):
         return False
     if (scope_region, service, terminator, date) != (region, "s3", "aws4_request", amz_date[:8]):

@@ -31,14 +31,14 @@ async def test_download_headers(local):
     await local.upload_file(key, "bonjour", "text/plain")
     response = await http_fetch_response(await local.get_read_url(key))
     assert response.status_code == 200
-    assert response.content == "bonjour".encode()
+    assert response.content == b"bonjour"
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert response.headers["content-disposition"] == (
         "inline; filename=\"rapport _t_.txt\"; filename*=UTF-8''rapport%20%C3%A9t%C3%A9.txt"
     )
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["cache-control"].startswith("private, max-age=")
-    assert int(response.headers["content-length"]) == len("bonjour".encode())
+    assert int(response.headers["content-length"]) == len(b"bonjour")
 
 
 async def test_stored_content_disposition_is_served(local):

@@ -58,7 +58,7 @@ async def test_presigned_url_honours_region_and_endpoint(moto_s3):
     assert sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="eu-west-3")
     assert not sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
     assert not sigv4_presigned_url_is_valid(url, secret_key="another-secret", region="eu-west-3")
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=storage.url_expiry_seconds + 60)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=storage.url_expiry_seconds + 60)
     assert not sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="eu-west-3", now=later)
     assert (await http_fetch_response(url)).content == b"paris"
     await storage.close()

@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 from urllib.parse import unquote, urlsplit
 
 import pytest

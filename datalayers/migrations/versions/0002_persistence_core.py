@@ -16,7 +16,7 @@ Revision ID: 0002
 Revises: 0001
 """
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -130,8 +130,8 @@ TABLES = (users, threads, steps, elements, feedbacks)
 
 def _format_timestamp(moment: datetime) -> str:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _normalize_timestamp(value):
@@ -142,7 +142,7 @@ def _normalize_timestamp(value):
     if isinstance(value, datetime):
         return _format_timestamp(value)
     if isinstance(value, (int, float)):
-        return _format_timestamp(datetime.fromtimestamp(value, timezone.utc))
+        return _format_timestamp(datetime.fromtimestamp(value, UTC))
     text = str(value).strip()
     try:
         parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
