@@ -27,6 +27,8 @@ run: setup
 	$(BIN)/chainlit run app.py --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --headless
 
 test: setup browser
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: setup

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import SecretStr
+
 from .config import ChatConfig
 from .history import estimate_tokens
 
@@ -252,11 +254,13 @@ class LangChainProvider(Provider):
     def _chat_openai(self, request: ChatRequest):
         from langchain_openai import ChatOpenAI
 
-        return ChatOpenAI(
+        key = self.config.api_key or ("not-needed" if self.config.base_url else None)
+        # `max_tokens` is a field alias that the type stubs do not see.
+        return ChatOpenAI(  # type: ignore[call-arg]
             model=request.model,
             temperature=request.temperature,
             max_tokens=request.max_tokens,
-            api_key=self.config.api_key or ("not-needed" if self.config.base_url else None),
+            api_key=SecretStr(key) if key is not None else None,
             base_url=self.config.base_url,
             timeout=self.config.timeout_seconds,
             max_retries=self.config.max_retries,

@@ -9,10 +9,12 @@ the moment, not the conversation.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import chainlit as cl
 from chainlit.logger import logger as chainlit_logger
+from chainlit.step import StepDict
 
 logger = chainlit_logger.getChild("Chat")
 
@@ -40,7 +42,7 @@ class SavingNotice:
         # create_task copies the Chainlit context, so the watcher can talk to this session.
         task = asyncio.create_task(self._follow(thread_id))
         self._watchers[session_id] = task
-        task.add_done_callback(lambda t, sid=session_id: self._done(sid, t))
+        task.add_done_callback(functools.partial(self._done, session_id))
 
     def _done(self, session_id: str, task: asyncio.Task) -> None:
         if self._watchers.get(session_id) is task:
@@ -49,7 +51,7 @@ class SavingNotice:
             logger.warning("saving notice failed: %s", task.exception())
 
     async def _follow(self, thread_id: str) -> None:
-        shown: dict | None = None
+        shown: StepDict | None = None
         try:
             # The writes of the message just handled are submitted as background tasks:
             # give them a moment to reach the journal before the first look.

@@ -51,7 +51,7 @@ def _queued(method):
     if getattr(method, "_queued_until_user_message", False):
         return method
     wrapped = queue_until_user_message()(method)
-    wrapped._queued_until_user_message = True  # type: ignore[attr-defined]
+    wrapped._queued_until_user_message = True
     return wrapped
 
 

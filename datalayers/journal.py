@@ -213,7 +213,7 @@ class WriteJournal:
                     cursor = db.execute(
                         "INSERT INTO entries (lane, kind, payload, actor, created) VALUES (?, ?, ?, ?, ?)",
                         (entry.lane, entry.kind, _dumps(entry.payload), entry.actor, entry.created))
-                    seqs.append(cursor.lastrowid)
+                    seqs.append(int(cursor.lastrowid or 0))
                 if done:
                     db.executemany("DELETE FROM entries WHERE seq = ?", [(s,) for s in done])
                 db.execute("COMMIT")

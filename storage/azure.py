@@ -83,7 +83,7 @@ class AzureDataLakeStorage(BlobStorage):
         # `http://127.0.0.1:PORT/account`; a key given as a plain string relies on that too.
         self.account_name = self._service.account_name
         self._fs = self._service.get_file_system_client(file_system)
-        self._delegation_key = None
+        self._delegation_key: Any = None
         self._delegation_key_expiry: dt.datetime | None = None
         self._delegation_lock = asyncio.Lock()
 
@@ -251,7 +251,8 @@ class AzureDataLakeStorage(BlobStorage):
     async def _user_delegation_key(self, now: dt.datetime, url_expiry: dt.datetime):
         """A user-delegation key valid past `url_expiry`, fetched once and reused."""
         async with self._delegation_lock:
-            if self._delegation_key is None or self._delegation_key_expiry <= url_expiry:
+            if self._delegation_key is None or self._delegation_key_expiry is None \
+                    or self._delegation_key_expiry <= url_expiry:
                 key_expiry = max(now + _DELEGATION_KEY_LIFETIME, url_expiry + dt.timedelta(minutes=1))
                 try:
                     self._delegation_key = await self._service.get_user_delegation_key(

@@ -26,7 +26,7 @@ async def _admin_command(command: str, url: str, template: Path):
     try:
         async with session.client("dynamodb", region_name=options["region"], endpoint_url=options["endpoint_url"],
                                   config=Config(retries={"mode": "standard", "max_attempts": 6})) as client:
-            return await work(client, options["table"], template)
+            return await work(client, str(options["table"]), template)
     except BotoCoreError as exc:  # no credentials, no region, endpoint unreachable, waiter timeout
         raise DynamoDBError(f"{command} {options['table']!r}: {exc}") from exc
 

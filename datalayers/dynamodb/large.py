@@ -90,6 +90,7 @@ class LargeAttributes:
             for attribute, value in moves:
                 key = element_object_key(owner, thread_id, f"_{label}", f"{attribute}.{uuid.uuid4().hex}.json")
                 body = json.dumps(value, ensure_ascii=False).encode("utf-8")
+                assert self.storage is not None  # checked above: moves need a storage client
                 await self.storage.upload_file(key, body, mime="application/json", overwrite=False)
                 uploaded.append(key)
                 blobs[attribute] = key
@@ -114,13 +115,13 @@ class LargeAttributes:
     async def discard(self, keys: Iterable[str | None], operation: str) -> None:
         """Delete blobs nothing points at (uploaded for a write that failed). Best effort:
         the write's own error is the one to report."""
-        keys = [k for k in keys if k]
-        if not keys or self.storage is None:
+        present = [k for k in keys if k]
+        if not present or self.storage is None:
             return
         try:
-            await self.storage.delete_files(keys)
+            await self.storage.delete_files(present)
         except Exception as exc:
-            self.logger.warning("%s: %d unused blob(s) could not be removed (%s)", operation, len(keys),
+            self.logger.warning("%s: %d unused blob(s) could not be removed (%s)", operation, len(present),
                                 type(exc).__name__)
 
     async def forget_uploads(self, exc: BaseException, uploaded: list[str], operation: str) -> None:

@@ -14,7 +14,7 @@ import os
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aioboto3
 from botocore.config import Config
@@ -123,7 +123,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
     @classmethod
     def from_url(cls, url: str, *, storage=None, auto_migrate: bool = False, **kwargs) -> DynamoDBDataLayer:
         options = parse_dynamodb_url(url)
-        return cls(options["table"], region=options["region"], endpoint_url=options["endpoint_url"],
+        return cls(str(options["table"]), region=options["region"], endpoint_url=options["endpoint_url"],
                    storage=storage, auto_migrate=auto_migrate, **kwargs)
 
     def __repr__(self) -> str:
@@ -170,7 +170,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
         self._cache_user(item["id"], item["identifier"])
         metadata = item.get("metadata") or {}
         return PersistedUser(
-            id=item["id"], identifier=item["identifier"], createdAt=item.get("createdAt"), metadata=metadata,
+            id=item["id"], identifier=item["identifier"], createdAt=item.get("createdAt") or "", metadata=metadata,
             display_name=metadata.get("display_name") if isinstance(metadata, dict) else None,
         )
 
@@ -306,7 +306,7 @@ class DynamoDBDataLayer(PersistentDataLayer):
         keys = [locator_key("STEP", step_id)]
         for element in elements:
             keys += [{"PK": element["PK"], "SK": element["SK"]},
-                     locator_key("ELEMENT", remove_prefix(element["SK"], "ELEMENT#"))]
+                     locator_key("ELEMENT", remove_prefix(element["SK"], "ELEMENT#") or "")]
             blob_keys += [element.get("objectKey"), *(element.get(BLOBS) or {}).values()]
         await self.table.batch_delete(keys, "delete_step", ids, journaled=True)
         return [k for k in blob_keys if k]
@@ -390,11 +390,11 @@ class DynamoDBDataLayer(PersistentDataLayer):
                 elements.append(public(item))
         steps.sort(key=lambda s: (s.get("createdAt") is None, s.get("createdAt") or "", s.get("id") or ""))
         author = await self._author(thread)
-        return ThreadDict(
-            id=thread_id, createdAt=thread.get("createdAt"), name=thread.get("name"),
-            userId=thread.get("userId") or await self._user_id(author), userIdentifier=author,
-            tags=thread.get("tags"), metadata=thread.get("metadata") or {}, steps=steps, elements=elements,
-        )
+        return cast(ThreadDict, {
+            "id": thread_id, "createdAt": thread.get("createdAt"), "name": thread.get("name"),
+            "userId": thread.get("userId") or await self._user_id(author), "userIdentifier": author,
+            "tags": thread.get("tags"), "metadata": thread.get("metadata") or {}, "steps": steps, "elements": elements,
+        })
 
     async def _read_element(self, thread_id: str, element_id: str) -> dict | None:
         ids = {"thread_id": thread_id, "element_id": element_id}

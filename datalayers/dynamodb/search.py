@@ -105,7 +105,7 @@ async def search_filter(table: Table, large: LargeAttributes, batch: list[dict[s
     if unnamed:
         for digest in await table.batch_get([thread_key(t) for t in unnamed], "list_threads search",
                                             ("PK", "createdAt", TEXT, TEXT_TRUNCATED, TEXT_SINCE)):
-            digests[remove_prefix(digest["PK"], "THREAD#")] = digest
+            digests[remove_prefix(digest["PK"], "THREAD#") or ""] = digest
 
     async def matches(item: dict[str, Any]) -> bool:
         if term in str(item.get("name") or "").lower():

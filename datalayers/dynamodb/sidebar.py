@@ -11,9 +11,9 @@ moved to blob storage (`_blobs`) is read from storage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 from chainlit.types import ThreadDict
 
@@ -90,7 +90,7 @@ class Sidebar:
         threads = await asyncio.gather(*(self._thread(m, user_id, identifier) for m in matches))
         return [(thread, {"s": m["UserThreadSK"], "t": m["id"]}) for thread, m in zip(threads, matches, strict=True)]
 
-    async def _index_batches(self, kwargs: dict[str, Any], ids: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _index_batches(self, kwargs: dict[str, Any], ids: dict[str, Any]) -> AsyncGenerator[list[dict[str, Any]], None]:
         """Slices of the UserThread index query (each at most `Limit` items evaluated)."""
         kwargs = {"TableName": self.table.name, **kwargs}
         while True:
@@ -120,11 +120,11 @@ class Sidebar:
                 fresh = await self.table.get(thread_key(item["id"]), "list_threads", {"thread_id": item["id"]},
                                              attributes=INDEX_ATTRIBUTES)
                 item, _ = await self.large.hydrate({**(fresh or {}), "id": item["id"]})
-        return ThreadDict(
-            id=item["id"], createdAt=item.get("createdAt"), name=item.get("name"),
-            userId=item.get("userId") or user_id, userIdentifier=item.get("userIdentifier") or identifier,
-            tags=item.get("tags"), metadata=item.get("metadata") or {}, steps=[], elements=[],
-        )
+        return cast(ThreadDict, {
+            "id": item["id"], "createdAt": item.get("createdAt"), "name": item.get("name"),
+            "userId": item.get("userId") or user_id, "userIdentifier": item.get("userIdentifier") or identifier,
+            "tags": item.get("tags"), "metadata": item.get("metadata") or {}, "steps": [], "elements": [],
+        })
 
     async def favorites(self, user_id: str, identifier: str) -> list[dict[str, Any]]:
         """Steps whose metadata says favorite, in all of the user's threads, newest first."""

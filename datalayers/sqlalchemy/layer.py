@@ -17,7 +17,7 @@ import logging
 import socket
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from chainlit.logger import logger as chainlit_logger
 from chainlit.types import Feedback, ThreadDict
@@ -26,6 +26,7 @@ from sqlalchemy import and_, case, delete, exists, func, or_, select, text, upda
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ColumnElement
 
 from .. import migrations
 from ..base import PersistentDataLayer
@@ -284,6 +285,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
             pattern = _like_pattern(search)
             # Any step the user sees, as in Chainlit's own layers (tool output too).
             step_match = func.lower(steps.c.output).like(pattern, escape="!")
+            in_steps: ColumnElement[bool]
             if self.dialect == "postgresql":
                 # Uncorrelated: PostgreSQL answers it once from the trigram index and hashes
                 # the thread ids, instead of probing every thread's steps.
@@ -337,11 +339,11 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
             if row.id in feedback_by_step:
                 step["feedback"] = feedback_by_step[row.id]
             step_dicts.append(step)
-        return ThreadDict(
-            id=thread.id, createdAt=thread.createdAt, name=thread.name, userId=thread.userId,
-            userIdentifier=thread.author, tags=thread.tags, metadata=thread.metadata or {},
-            steps=step_dicts, elements=[_row_dict(row) for row in element_rows],  # type: ignore[typeddict-item]
-        )
+        return cast(ThreadDict, {
+            "id": thread.id, "createdAt": thread.createdAt, "name": thread.name, "userId": thread.userId,
+            "userIdentifier": thread.author, "tags": thread.tags, "metadata": thread.metadata or {},
+            "steps": step_dicts, "elements": [_row_dict(row) for row in element_rows],
+        })
 
     async def _favorite_steps(self, user_id: str) -> list[dict]:
         query = (

@@ -161,7 +161,7 @@ def ddl(dialect_name: str) -> str:
     statements = []
     for table in TABLES:
         statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
-        for index in sorted(table.indexes, key=lambda i: i.name):
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
             statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
     if dialect_name == "postgresql":
         statements.append("CREATE EXTENSION IF NOT EXISTS pg_trgm")

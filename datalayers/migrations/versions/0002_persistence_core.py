@@ -235,7 +235,7 @@ def _create_indexes(inspector) -> None:
     for table in TABLES:
         existing = {i["name"] for i in inspector.get_indexes(table.name)}
         # By name: Table.indexes is a set, and a fixed order gives the same DDL every run.
-        for index in sorted(table.indexes, key=lambda i: i.name):
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
             if index.name not in existing:
                 op.create_index(index.name, table.name, [c.name for c in index.columns])
 
