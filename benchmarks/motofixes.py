@@ -15,13 +15,13 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.table import Table
 from moto.server import ThreadedMotoServer
 
-lock = threading.RLock()
+moto_lock = threading.RLock()
 for name in ("get_item", "put_item", "update_item", "delete_item", "query", "scan", "batch_get_item",
              "batch_write_item"):
     if hasattr(DynamoDBBackend, name):
         original = getattr(DynamoDBBackend, name)
         def atomic(self, *args, _original=original, **kwargs):
-            with lock:
+            with moto_lock:
                 return _original(self, *args, **kwargs)
         setattr(DynamoDBBackend, name, functools.wraps(original)(atomic))
 
@@ -32,7 +32,7 @@ models.copy = types.SimpleNamespace(
 transact = DynamoDBBackend.transact_write_items
 
 def transact_write_items(self, transact_items):
-    with lock:
+    with moto_lock:
         saved = []
         for entry in transact_items:
             kind, op = next(iter(entry.items()))
