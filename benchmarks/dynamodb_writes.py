@@ -41,6 +41,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+# The same fake credentials and the same Chainlit table as the read benchmark.
+from benchmarks.dynamodb import CHAINLIT_TABLE, FAKE_AWS_ENVIRONMENT, REGION
 from benchmarks.requestcount import (
     ThreadCursor,
     bounded,
@@ -57,32 +59,6 @@ from benchmarks.requestcount import (
     stop_child,
 )
 from benchmarks.writes import IDENTIFIER, PAGE, chat_turn, dataset, message, stamp
-
-REGION = "us-east-1"
-FAKE_AWS_ENVIRONMENT = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    # Keep a developer's real profile and config out of it.
-    "AWS_CONFIG_FILE": os.devnull,
-    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-}
-
-# The table Chainlit documents for chainlit.data.dynamodb.DynamoDBDataLayer (its DynamoDB
-# data-layer docs' CloudFormation template): the properties that shape the data.
-CHAINLIT_TABLE = {
-    "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"}
-                             for name in ("PK", "SK", "UserThreadPK", "UserThreadSK")],
-    "KeySchema": [{"AttributeName": "PK", "KeyType": "HASH"}, {"AttributeName": "SK", "KeyType": "RANGE"}],
-    "GlobalSecondaryIndexes": [{
-        "IndexName": "UserThread",
-        "KeySchema": [{"AttributeName": "UserThreadPK", "KeyType": "HASH"},
-                      {"AttributeName": "UserThreadSK", "KeyType": "RANGE"}],
-        "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["id", "name"]},
-    }],
-    "BillingMode": "PAY_PER_REQUEST",
-}
 
 
 async def preload(layer, user_id: str, threads: list[dict], concurrency: int) -> None:
