@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS rejected (
 """
 
 
+#: Writers resumed per event-loop iteration after a group commit.
+WAKE_BATCH = 16
+
+
 class JournalInUse(RuntimeError):
     """Another process holds this journal file."""
 
@@ -197,10 +201,14 @@ class WriteJournal:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for (entry, future), seq in zip(appends, seqs, strict=True):
+            for index, ((entry, future), seq) in enumerate(zip(appends, seqs, strict=True), 1):
                 entry.seqs.append(seq)
                 if not future.done():
                     future.set_result(None)
+                if index % WAKE_BATCH == 0:
+                    # Wake the writers of a big group a few at a time: a burst of sessions
+                    # then resumes over several loop iterations instead of stalling one.
+                    await asyncio.sleep(0)
 
     def _commit(self, entries: list[Entry], done: list[int]) -> list[int]:
         assert self._db is not None
