@@ -5,7 +5,3 @@ from __future__ import annotations
 
 class DataLayerError(RuntimeError):
     """A database operation failed; the message says which one and on what ids."""
-
-
-class WriteRejected(DataLayerError, ValueError):
-    """The database refused a journaled write for good (bad input, not an outage)."""

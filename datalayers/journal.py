@@ -26,7 +26,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -247,10 +246,3 @@ class WriteJournal:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-
-def describe(entries: list[Entry]) -> dict[str, Any]:
-    """Counts by kind, for log lines and the status route."""
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry.kind] = counts.get(entry.kind, 0) + 1
-    return counts

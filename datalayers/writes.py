@@ -14,7 +14,6 @@ from typing import Any
 
 from .timestamps import normalize_timestamp, utc_now
 
-MESSAGE_TYPES = ("user_message", "assistant_message")
 STEP_TIMESTAMPS = ("createdAt", "start", "end")
 #: Kept elsewhere (feedback has its own table / attribute) or never stored.
 STEP_FIELDS_NOT_STORED = frozenset({"feedback", "id", "threadId"})
