@@ -95,9 +95,17 @@ class WriteBack:
             self._started = True
 
     async def submit(self, entry: Entry) -> None:
-        """Make `entry` durable, then queue it behind its lane's earlier writes."""
+        """Make `entry` durable, then queue it behind its lane's earlier writes.
+
+        If the journal file cannot take it (disk full, I/O error), the write is still
+        applied — not durable, and said so — rather than dropped."""
         await self.start()
-        await self.journal.append(entry)
+        try:
+            await self.journal.append(entry)
+        except Exception as exc:
+            self.logger.error("the write journal %s failed (%s: %s): the %s of thread %s is applied without it "
+                              "and is lost if the app stops before the database has it", self.journal.path,
+                              type(exc).__name__, _short(exc), entry.kind, entry.lane)
         self._enqueue(entry)
 
     async def flush(self, timeout: float | None = None) -> bool:

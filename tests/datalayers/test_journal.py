@@ -126,6 +126,24 @@ async def test_an_unrecognised_failure_is_retried_a_few_times_then_rejected(tmp_
     assert writes.rejected == 1
 
 
+async def test_a_failing_journal_file_loses_no_write_and_says_so(tmp_path, caplog):
+    apply = Scripted()
+    journal = WriteJournal(tmp_path / "j.sqlite3")
+    writes = writeback(journal, apply)
+    await writes.start()
+
+    async def disk_full(entry):
+        raise OSError(28, "No space left on device")
+
+    journal.append = disk_full
+    with caplog.at_level(logging.ERROR, logger="chainlit"):
+        await writes.submit(Entry("t", "x", {"id": "kept", "n": 1}, "alice"))
+        assert await writes.flush(5)
+    assert [item for _, item, _ in apply.applied] == ["kept"]
+    assert "applied without it" in caplog.text and "No space left" in caplog.text
+    await writes.close()
+
+
 async def test_a_journal_file_belongs_to_one_process(tmp_path):
     first = WriteJournal(tmp_path / "j.sqlite3")
     await first.open()
