@@ -34,6 +34,7 @@ from .actor import current_session_thread, current_user_identifier
 from .elements import element_row, sign_element_urls, upload_element
 from .journal import Entry, WriteJournal
 from .paging import CursorCodec, page_size
+from .timestamps import utc_now
 from .writeback import PERMANENT, TRANSIENT, UNKNOWN, WriteBack
 from .writes import StepWrite, ThreadWrite, check_id, with_step_defaults
 
@@ -254,6 +255,10 @@ class PersistentDataLayer(BaseDataLayer):
         return UNKNOWN
 
     # ------------------------------------------------------------------ reads
+    async def get_current_timestamp(self) -> str:
+        """The time as every layer stores it; Chainlit's SQL layers offer this and apps call it."""
+        return utc_now()
+
     async def _settle(self, thread_id: str) -> None:
         await self.writes.settle([thread_id], self.read_wait)
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 from storage.base import element_object_key
+
+logger = logging.getLogger("chainlit")
 
 if TYPE_CHECKING:
     from chainlit.element import Element
@@ -63,6 +66,15 @@ async def sign_element_urls(storage: BlobStorage | None, element_dicts: list[dic
     keyed = [e for e in element_dicts if e.get("objectKey")]
     if not keyed or storage is None:
         return
-    urls = await asyncio.gather(*(storage.get_read_url(e["objectKey"]) for e in keyed))
+    urls = await asyncio.gather(*(storage.get_read_url(e["objectKey"]) for e in keyed), return_exceptions=True)
     for element_dict, url in zip(keyed, urls, strict=True):
-        element_dict["url"] = url
+        if isinstance(url, BaseException):
+            # One unsignable attachment (storage down, key gone) must not hide the whole
+            # conversation: the element is listed without a link and the failure logged.
+            if not isinstance(url, Exception):
+                raise url
+            logger.warning("could not sign a read link for element %s of thread %s (%s): %s",
+                           element_dict.get("id"), element_dict.get("threadId"), type(url).__name__, url)
+            element_dict["url"] = None
+        else:
+            element_dict["url"] = url
