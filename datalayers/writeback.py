@@ -30,11 +30,11 @@ TRANSIENT, PERMANENT, UNKNOWN = "transient", "permanent", "unknown"
 
 
 class Lane:
-    __slots__ = ("entries", "busy", "idle", "task")
+    __slots__ = ("entries", "applying", "idle", "task")
 
     def __init__(self) -> None:
         self.entries: deque[Entry] = deque()
-        self.busy = False  # entries[0] is being applied: nothing may be folded into it
+        self.applying = 0  # entries[:applying] are being applied: nothing may be folded into them
         self.idle = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -49,6 +49,9 @@ class WriteBack:
         logger: logging.Logger,
         *,
         on_rejected: Callable[[Entry, BaseException], Awaitable[None]] | None = None,
+        apply_batch: Callable[[list[Entry]], Awaitable[None]] | None = None,
+        batch_key: Callable[[Entry], str | None] | None = None,
+        max_batch: int = 25,
         max_backoff: float = 5.0,
         unknown_attempts: int = 5,
         concurrency: int = 8,
@@ -58,6 +61,12 @@ class WriteBack:
         self._classify = classify
         self._merge = merge
         self._on_rejected = on_rejected
+        # Writes waiting at the head of a lane with the same batch key are applied together
+        # (one transaction, one round trip) when the backend can: a backlog — a burst of
+        # sessions, an outage draining — then costs a request per batch, not per write.
+        self._apply_batch = apply_batch
+        self._batch_key = batch_key
+        self.max_batch = max_batch
         self.logger = logger
         self.max_backoff = max_backoff
         self.unknown_attempts = unknown_attempts
@@ -186,7 +195,7 @@ class WriteBack:
     def _fold(self, lane: Lane, entry: Entry) -> bool:
         """Fold `entry` into the latest waiting write of the same item, unless a delete or
         the write being applied stands between them."""
-        first = 1 if lane.busy else 0
+        first = lane.applying
         for index in range(len(lane.entries) - 1, first - 1, -1):
             earlier = lane.entries[index]
             if earlier.kind.endswith("_delete"):
@@ -197,36 +206,57 @@ class WriteBack:
         return False
 
     # ------------------------------------------------------------------ applying
+    def _take_batch(self, lane: Lane) -> list[Entry]:
+        head = lane.entries[0]
+        key = self._batch_key(head) if self._apply_batch is not None and self._batch_key is not None else None
+        if key is None:
+            return [head]
+        batch = [head]
+        for entry in list(lane.entries)[1:self.max_batch]:
+            if self._batch_key(entry) != key:  # type: ignore[misc]
+                break
+            batch.append(entry)
+        return batch
+
     async def _drain(self, key: str, lane: Lane) -> None:
         attempts = 0
+        single = False  # after a batch was refused: one write at a time finds the one at fault
         while lane.entries:
-            entry = lane.entries[0]
+            batch = [lane.entries[0]] if single else self._take_batch(lane)
             await self._wait_for_retry()
             if self._applying is None:
                 self._applying = asyncio.Semaphore(self.concurrency)
-            lane.busy = True
+            lane.applying = len(batch)
             try:
                 async with self._applying:
-                    await self._apply(entry)
+                    if len(batch) == 1:
+                        await self._apply(batch[0])
+                    else:
+                        await self._apply_batch(batch)  # type: ignore[misc]
             except asyncio.CancelledError:
-                lane.busy = False
+                lane.applying = 0
                 raise
             except Exception as exc:  # sorted below: retried, or rejected and reported
-                lane.busy = False
+                lane.applying = 0
                 kind = self._classify(exc)
                 attempts += 1
                 if kind == TRANSIENT or (kind == UNKNOWN and attempts < self.unknown_attempts):
-                    self._failed(exc, entry, kind)
+                    self._failed(exc, batch[0], kind)
+                    continue
+                attempts = 0
+                if len(batch) > 1:
+                    single = True
                     continue
                 lane.entries.popleft()
-                attempts = 0
-                await self._reject(entry, exc)
+                await self._reject(batch[0], exc)
                 continue
-            lane.busy = False
-            lane.entries.popleft()
+            lane.applying = 0
+            for _ in batch:
+                lane.entries.popleft()
             attempts = 0
-            self.journal.applied(entry.seqs)
-            self._succeeded()
+            single = False
+            self.journal.applied([seq for entry in batch for seq in entry.seqs])
+            self._succeeded(len(batch))
         if self._lanes.get(key) is lane:
             del self._lanes[key]
         lane.idle.set()
@@ -254,10 +284,10 @@ class WriteBack:
         else:
             self.logger.debug("%s of thread %s failed again (%s): %s", entry.kind, entry.lane, kind, _short(exc))
 
-    def _succeeded(self) -> None:
+    def _succeeded(self, count: int = 1) -> None:
         self._failures = 0
         if self._outage_since is not None:
-            self._outage_applied += 1
+            self._outage_applied += count
 
     def _check_drained(self) -> None:
         if self._outage_since is not None and not self._lanes:

@@ -237,6 +237,9 @@ class DynamoDBDataLayer(PersistentDataLayer):
     async def _write_step(self, write: StepWrite, actor: str | None) -> None:
         await self.steps.write(write, actor)
 
+    async def _write_steps(self, writes: list[StepWrite], actor: str | None) -> None:
+        await self.steps.write_many(writes, actor)
+
     async def _write_thread(self, write: ThreadWrite, actor: str | None) -> None:
         """update_thread: read, change, write back conditional on `_rev` (large metadata
         moved to blob storage). The owner is set once and never replaced."""

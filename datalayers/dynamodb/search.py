@@ -38,13 +38,13 @@ def digest_text(output: Any) -> str | None:
     return str(output).lower()
 
 
-def digest_append(e: Expression, text: str) -> tuple[str, str, str] | None:
-    """The SET and ADD clauses appending `text` to the digest, and the condition that keeps
-    it under TEXT_LIMIT and stops at truncation; None when it cannot fit."""
-    size = len(text.encode("utf-8"))
+def digest_append(e: Expression, texts: list[str]) -> tuple[str, str, str] | None:
+    """The SET and ADD clauses appending `texts` (one per step) to the digest, and the
+    condition that keeps it under TEXT_LIMIT and stops at truncation; None when they cannot fit."""
+    size = sum(len(text.encode("utf-8")) for text in texts)
     if size > TEXT_LIMIT:
         return None
-    set_text = f"{e.name(TEXT)} = list_append(if_not_exists({e.name(TEXT)}, {e.value([])}), {e.value([text])})"
+    set_text = f"{e.name(TEXT)} = list_append(if_not_exists({e.name(TEXT)}, {e.value([])}), {e.value(list(texts))})"
     add_bytes = f"{e.name(TEXT_BYTES)} {e.value(size)}"
     condition = (f"(attribute_not_exists({e.name(TEXT_BYTES)}) OR {e.name(TEXT_BYTES)} <= "
                  f"{e.value(TEXT_LIMIT - size)}) AND attribute_not_exists({e.name(TEXT_TRUNCATED)})")

@@ -31,6 +31,7 @@ from .items import (
     TEXT_TRUNCATED,
     Expression,
     activity_sort_key,
+    item_size,
     locator_key,
     serialize,
     step_key,
@@ -41,6 +42,8 @@ from .large import LargeAttributes, put_versioned
 from .search import DigestMemory, digest_append, digest_text
 
 CCF = "ConditionalCheckFailed"
+#: A TransactWriteItems carries at most 4 MB: several new steps go together below this.
+MAX_BATCH_BYTES = 2_000_000
 #: DynamoDB refuses an expression string longer than 4 KB (a step with many metadata keys
 #: written key by key could reach it): such a write takes the general path.
 MAX_EXPRESSION = 4000
@@ -57,9 +60,10 @@ def _refused_path(exc: DynamoDBError) -> bool:
 
 
 def thread_update(table: str, thread_id: str, at: str, *, actor: str | None, actor_id: str | None,
-                  may_create: bool, bump: bool, text: str | None, truncated: bool) -> tuple[dict[str, Any], bool]:
-    """The Update of the thread a step write touches, and whether it appends `text` to the
-    digest. `may_create`: create the thread when missing (a step may be its first write);
+                  may_create: bool, bump: bool, text: str | list[str] | None,
+                  truncated: bool) -> tuple[dict[str, Any], bool]:
+    """The Update of the thread a step write touches, and whether it appends `text` (one
+    step's, or several steps' written together) to the digest. `may_create`: create the thread when missing (a step may be its first write);
     otherwise the update requires it, so a deleted thread is never brought back. `bump`:
     its activity time becomes `at`. An ownerless thread gets `actor` as owner; an owned one
     keeps its owner. `_rev` moves, so a concurrent read-modify-write of the thread re-reads
@@ -89,8 +93,8 @@ def thread_update(table: str, thread_id: str, at: str, *, actor: str | None, act
             owner.append(("userId", actor_id))
         sets += [f"{e.name(n)} = if_not_exists({e.name(n)}, {e.value(v)})" for n, v in owner]
     appends = False
-    if text is not None:
-        append = None if truncated else digest_append(e, text)
+    if text:
+        append = None if truncated else digest_append(e, [text] if isinstance(text, str) else text)
         if append is None:
             sets.append(f"{e.name(TEXT_TRUNCATED)} = {e.value(True)}")
         else:
@@ -143,25 +147,63 @@ class StepWrites:
         return {"step_id": write.id, "thread_id": write.thread_id}
 
     # ------------------------------------------------------------------ create: one transaction
+    def _new_step_puts(self, write: StepWrite, row: dict[str, Any]) -> list[dict[str, Any]]:
+        """The step as a conditional Put of the whole item (the same result as setting every
+        attribute, and no update expression to evaluate: an UpdateExpression with one SET per
+        attribute is the costliest part of a transaction for an emulator to parse), and its
+        locator."""
+        step = {"TableName": self.table.name, "Item": serialize({**row, REV: 1}),
+                "ConditionExpression": "attribute_not_exists(#pk)", "ExpressionAttributeNames": {"#pk": "PK"}}
+        locator = {"TableName": self.table.name,
+                   "Item": serialize({**locator_key("STEP", write.id), "threadId": write.thread_id})}
+        return [{"Put": step}, {"Put": locator}]
+
+    async def write_many(self, writes: list[StepWrite], actor: str | None) -> None:
+        """Several new steps of one thread in ONE TransactWriteItems: each step and its
+        locator, and the thread once (activity time of the last, every output appended to
+        the digest). All or nothing; anything the one-step paths handle specially (a step
+        that exists, a large one, a full digest, a conflict) goes through them, in order."""
+        writes = [_clean(w) for w in writes]
+        rows = [{**w.new_row(), **step_key(w.thread_id, w.id)} for w in writes]
+        thread_id = writes[0].thread_id
+        if (len(writes) == 1 or not all(w.created for w in writes) or len({w.id for w in writes}) < len(writes)
+                or any(w.thread_id != thread_id for w in writes) or not all(self.large.fits(r) for r in rows)
+                or sum(item_size(r) for r in rows) > MAX_BATCH_BYTES):
+            for write in writes:
+                await self.write(write, actor)
+            return
+        texts = [digest_text(r.get("output")) for r in rows]
+        thread, appends = thread_update(self.table.name, thread_id, max(w.at for w in writes), actor=actor,
+                                        actor_id=self.owner_id(actor), may_create=True, bump=True,
+                                        text=[t for t in texts if t is not None],
+                                        truncated=self.digests.is_truncated(thread_id))
+        items = [put for w, r in zip(writes, rows, strict=True) for put in self._new_step_puts(w, r)]
+        try:
+            await self.table.transact([*items, {"Update": thread}], "create_step",
+                                      {"thread_id": thread_id, "steps": len(writes)}, journaled=True)
+        except DynamoDBError as exc:
+            if exc.code != "TransactionCanceledException" and not exc.too_large:
+                raise
+            for write in writes:  # nothing was written: each takes its own path
+                await self.write(write, actor)
+            return
+        if appends:
+            for write, text in zip(writes, texts, strict=True):
+                self.digests.appended(write.id, text)
+
     async def _create(self, write: StepWrite, actor: str | None) -> None:
         row = {**write.new_row(), **step_key(write.thread_id, write.id)}
         if not self.large.fits(row):
             return await self._general(write, actor)
         text = digest_text(row.get("output"))
         truncated = self.digests.is_truncated(write.thread_id)
-        # A new step is a conditional Put of the whole item: the same result as setting every
-        # attribute, and no update expression to evaluate (an UpdateExpression with one SET
-        # per attribute is the costliest part of the transaction for an emulator to parse).
-        step = {"TableName": self.table.name, "Item": serialize({**row, REV: 1}),
-                "ConditionExpression": "attribute_not_exists(#pk)", "ExpressionAttributeNames": {"#pk": "PK"}}
-        locator = {"TableName": self.table.name,
-                   "Item": serialize({**locator_key("STEP", write.id), "threadId": write.thread_id})}
+        step, locator = self._new_step_puts(write, row)
         for attempt in range(CONFLICT_ATTEMPTS):
             thread, appends = thread_update(self.table.name, write.thread_id, write.at, actor=actor,
                                             actor_id=self.owner_id(actor), may_create=True, bump=True,
                                             text=text, truncated=truncated)
             try:
-                await self.table.transact([{"Put": step}, {"Update": thread}, {"Put": locator}], "create_step",
+                await self.table.transact([step, {"Update": thread}, locator], "create_step",
                                           self._ids(write), journaled=True)
             except DynamoDBError as exc:
                 if _reason(exc, 0) == CCF or exc.too_large:

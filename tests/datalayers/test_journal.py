@@ -113,6 +113,62 @@ async def test_a_permanent_failure_is_rejected_reported_and_does_not_block_the_l
     assert db.execute("SELECT error FROM rejected").fetchone()[0].startswith("ValueError")
 
 
+async def test_waiting_writes_are_applied_in_batches_and_a_refused_batch_finds_the_bad_write(tmp_path, caplog):
+    apply = Scripted()
+    batches: list[list[str]] = []
+
+    async def apply_batch(entries: list[Entry]) -> None:
+        await asyncio.sleep(0)
+        ids = [e.payload["id"] for e in entries]
+        if "bad" in ids:
+            raise ValueError("one of them is refused")  # all or nothing, as a transaction
+        batches.append(ids)
+
+    writes = WriteBack(WriteJournal(tmp_path / "j.sqlite3"), apply, classify, merge, logger, max_backoff=0.05,
+                       apply_batch=apply_batch, batch_key=lambda e: e.kind if e.kind == "step" else None,
+                       max_batch=3)
+    release = asyncio.Event()
+    held = Scripted()
+
+    async def first_waits(entry: Entry) -> None:
+        await release.wait()  # the first write is in flight while the others queue up
+        await held(entry)
+
+    writes._apply = first_waits
+    for item in ("a", "b", "c", "d"):
+        await writes.submit(Entry("t", "step", {"id": item, "n": 1}, "alice"))
+    await writes.submit(Entry("t", "thread", {"id": "t", "n": 1}, "alice"))
+    await writes.submit(Entry("t", "step", {"id": "e", "n": 1}, "alice"))
+    release.set()
+    assert await writes.flush(5)
+    # At most max_batch at a time, never across a write that cannot join, in order.
+    assert [i for _, i, _ in held.applied][:1] == ["a"] and batches == [["b", "c", "d"]]
+    assert [i for _, i, _ in held.applied][1:] == ["t", "e"]
+    batches.clear()
+    release.clear()
+    single: list[str] = []
+
+    async def refuses_bad(entry: Entry) -> None:
+        if entry.payload["id"] == "f":
+            await release.wait()
+        if entry.payload["id"] == "bad":
+            raise ValueError("refused")
+        single.append(entry.payload["id"])
+
+    writes._apply = refuses_bad
+    for item in ("f", "bad", "g", "h"):
+        await writes.submit(Entry("t", "step", {"id": item, "n": 1}, "alice"))
+    release.set()
+    with caplog.at_level(logging.ERROR, logger="chainlit"):
+        assert await writes.flush(5)
+    # The refused batch is retried one write at a time: only the bad one is rejected, the
+    # others are applied, in order.
+    assert writes.rejected == 1 and "refused by the database" in caplog.text
+    applied = single + [i for batch in batches for i in batch]
+    assert applied == ["f", "g", "h"] and batches in ([], [["g", "h"]])
+    await writes.close()
+
+
 async def test_an_unrecognised_failure_is_retried_a_few_times_then_rejected(tmp_path):
     apply = Scripted()
     writes = writeback(WriteJournal(None), apply)
