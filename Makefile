@@ -9,6 +9,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 
+# What `make run` installs with the app: the pip extras of every database, storage and model
+# backend (`make run EXTRAS=postgres,llm` for fewer). The test tools come only with `make test`.
+EXTRAS ?= all
+
+# The app and the EXTRAS backends, without the test tools; redone when pyproject.toml changes.
+$(VENV)/.installed-app-$(EXTRAS): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
+
 # The project with every backend and the dev tools; redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
@@ -23,7 +32,7 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
-run: setup
+run: $(VENV)/.installed-app-$(EXTRAS)
 	$(BIN)/chainlit run app.py --host $${HOST:-127.0.0.1} --port $${PORT:-8000} --headless
 
 test: setup browser

@@ -3,6 +3,7 @@ persistence in `datalayers/` and `storage/`, configuration in `settings.py`."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -16,18 +17,25 @@ from chainlit.types import ThreadDict
 from fastapi.security.utils import get_authorization_scheme_param
 
 from chat import load_chat_config
+from chat.private_files import private_by_default, sqlite_path, tighten
 from chat.providers import build_provider
 from chat.service import ChatService
-from chat.users import UserStore
+from chat.sessions import RevokedTokenFilter, SessionGuard
+from chat.users import ADMIN_PASSWORD_FILE, UserStore
+from datalayers import route_guards
 from datalayers.actor import request_user
 from settings import load_settings
 
+private_by_default()  # before anything below creates a file: the data folder is 700, its files 600
 settings = load_settings()  # also exports a generated CHAINLIT_AUTH_SECRET when unset
 storage = settings.build_storage()
 storage.mount(fastapi_app)
 persistence = settings.build_data_layer(storage=storage)
 users = UserStore.from_env(settings.data_dir)
 users.ensure_default_admin(settings.data_dir, os.environ.get("APP_ADMIN_PASSWORD", ""))
+tighten(settings.data_dir, logger=logger, folders=[getattr(storage, "root", None)],
+        files=[sqlite_path(settings.database_url), settings.journal_path, users.users_file,
+               settings.data_dir / "auth_secret", settings.data_dir / ADMIN_PASSWORD_FILE])
 chat_config = load_chat_config()
 service = ChatService(chat_config, build_provider(chat_config), storage, persistence)
 logger.info("chat provider: %s, model %s; %r", service.provider.label, chat_config.model, settings)
@@ -39,12 +47,17 @@ def data_layer():
     return persistence
 
 
+background: set[asyncio.Task] = set()
+
+
 @cl.on_app_startup
 async def on_app_startup():
     # Writes a previous run left in the journal (a crash, a shutdown during an outage) are
     # applied now, not when some user next happens to touch the data layer.
     if hasattr(persistence, "start"):
         await persistence.start()
+    if sessions is not None:  # close open sockets whose session another instance or the CLI ended
+        background.add(asyncio.create_task(sessions.sweep_forever(), name="session sweep"))
 
 
 async def health(request):
@@ -65,14 +78,95 @@ def mount_health(app) -> None:
 
 
 mount_health(fastapi_app)
+# A client's bad request (malformed id or cursor, another user's rating) is a 4xx, never a 500.
+route_guards.install(fastapi_app)
+
+
+# ---- attachments: element writes by id are checked before Chainlit's routes run them, and
+# uploads wait for their message in a folder of this instance's own ------------------------
+def install_element_routes() -> None:
+    from chat.files import keep_uploads_in
+    from datalayers import element_routes
+
+    element_routes.install(fastapi_app)
+    keep_uploads_in(settings.data_dir / "uploads")
+
+
+install_element_routes()
+
+
+# ---- the web UI: message size limit, the page's assets from the app, avatars ------------
+def install_web_ui() -> None:
+    from pathlib import Path
+
+    import chainlit.server as chainlit_server
+    from chainlit.config import config, public_dir
+
+    from chat.message_limit import MessageSizeGuard
+    from chat.webui import mount_avatar_fallback, serve_page_from_app
+
+    upload = config.features.spontaneous_file_upload
+    attachment_mb = upload.max_size_mb if upload is not None and upload.enabled else None
+    MessageSizeGuard(settings.max_message_bytes, attachment_mb).install(chainlit_server.sio)
+    serve_page_from_app(chainlit_server, Path(public_dir))
+    mount_avatar_fallback(fastapi_app, config.run.root_path)
+
+
+install_web_ui()
 
 
 # ---- login ---------------------------------------------------------------------------
+def install_login_security() -> SessionGuard | None:
+    """Sessions that end, login throttling, allowed origins, Secure cookies, trusted proxies."""
+    from chainlit.auth import get_jwt_secret
+    from chainlit.config import config
+    from chainlit.server import SOCKET_IO_PATH, sio
+
+    from chat.throttle import LoginThrottle, LoginThrottleMiddleware
+    from chat.web_security import SecureCookies, allowed_origins, restrict_origins, trust_proxies
+
+    config.project.user_session_timeout = settings.session_lifetime_seconds  # token `exp` and cookie max-age
+    trust_proxies(settings.trusted_proxies, logger)
+    origins = allowed_origins(settings.allowed_origins, config.project.allow_origins, logger)
+    restrict_origins(fastapi_app, sio, origins, SOCKET_IO_PATH, logger)
+    fastapi_app.add_middleware(SecureCookies)
+    throttle = LoginThrottle(max_failures=settings.login_max_failures, delay_seconds=settings.login_delay_seconds,
+                             lock_seconds=settings.login_lock_seconds)
+    fastapi_app.add_middleware(LoginThrottleMiddleware, throttle=throttle, path=f"{config.run.root_path}/login",
+                               logger=logger)
+    if not hasattr(persistence, "revoke_sessions"):
+        logger.warning("the data layer %s stores no session revocations: logout, password changes and removed "
+                       "users do not end login tokens before they expire", type(persistence).__name__)
+        return None
+    # Chainlit's own rule for its cookie's name.
+    guard = SessionGuard(persistence, secret=get_jwt_secret, logger=logger,
+                         cookie_name=os.environ.get("CHAINLIT_AUTH_COOKIE_NAME", "access_token"))
+    guard.watch_sockets(sio.disconnect)
+    fastapi_app.add_middleware(RevokedTokenFilter, guard=guard, socket_path=SOCKET_IO_PATH)
+    return guard
+
+
+sessions = install_login_security()
+
+
+async def before_login(identifier: str) -> None:
+    if sessions is not None:
+        await sessions.before_login(identifier)
+
+
+if sessions is not None:
+
+    @cl.on_logout
+    async def logout(request, response):
+        return await sessions.logout(request, response)
+
+
 @cl.password_auth_callback
 async def password_login(username: str, password: str) -> cl.User | None:
     record = await users.authenticate_async(username, password)
     if record is None:
         return None
+    await before_login(record.name)
     return cl.User(
         identifier=record.name,
         display_name=record.display_name,
@@ -90,6 +184,7 @@ if get_configured_oauth_providers():  # Chainlit's OAUTH_<PROVIDER>_* variables 
         default_user: cl.User,
         id_token: str | None = None,
     ) -> cl.User | None:
+        await before_login(default_user.identifier)
         return default_user
 
 
@@ -99,7 +194,10 @@ if header_name := os.environ.get("APP_AUTH_HEADER", "").strip():
     async def header_login(headers) -> cl.User | None:
         # Trust an identity header set by the reverse proxy in front of the app.
         identifier = (headers.get(header_name) or "").strip()
-        return cl.User(identifier=identifier, metadata={"provider": "header"}) if identifier else None
+        if not identifier:
+            return None
+        await before_login(identifier)
+        return cl.User(identifier=identifier, metadata={"provider": "header"})
 
 
 @fastapi_app.middleware("http")
@@ -147,6 +245,8 @@ async def on_message(message: cl.Message):
 
 @cl.on_app_shutdown
 async def on_app_shutdown():
+    for task in background:
+        task.cancel()
     await service.wait_background()  # let pending thread titles be saved
     await service.provider.aclose()
     # Apply what is pending (bounded); anything left stays in the journal for the next start.

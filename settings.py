@@ -111,6 +111,75 @@ def _env_bool(value: str | None, default: bool) -> bool:
     raise ConfigurationError(f"expected a boolean, got {value!r}")
 
 
+#: The largest message a user may send, in UTF-8 bytes (APP_MAX_MESSAGE_BYTES), and its bounds.
+#: The upper bound comes from the socket: a message travels JSON-escaped (up to 6 characters per
+#: byte) in one websocket frame, and the server `chainlit run` starts takes frames of 16 MiB at most.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_MESSAGE_BYTES_RANGE = (1024, 2 * 1024 * 1024)
+
+
+def _max_message_bytes(value: str | None) -> int:
+    if value is None or not value.strip():
+        return DEFAULT_MAX_MESSAGE_BYTES
+    low, high = MAX_MESSAGE_BYTES_RANGE
+    try:
+        limit = int(value)  # also takes 1_048_576
+    except ValueError:
+        raise ConfigurationError(f"APP_MAX_MESSAGE_BYTES must be a whole number of bytes, got {value!r}") from None
+    if not low <= limit <= high:
+        raise ConfigurationError(f"APP_MAX_MESSAGE_BYTES must be between {low} and {high} bytes, got {limit}")
+    return limit
+
+
+#: Login sessions (APP_SESSION_LIFETIME_HOURS): how long a login token is valid unless revoked.
+DEFAULT_SESSION_LIFETIME_HOURS = 15 * 24.0
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigurationError(f"{name} must be between {low:g} and {high:g}, got {value}")
+    return number
+
+
+def _allowed_origins(value: str | None) -> tuple[str, ...]:
+    """APP_ALLOWED_ORIGINS: other origins (`https://host[:port]`) whose pages may call the app
+    with the user's login. '*' is refused: with cookie logins it would let any site act as
+    the user."""
+    origins = []
+    for item in filter(None, (part.strip() for part in (value or "").split(","))):
+        if item == "*":
+            raise ConfigurationError("APP_ALLOWED_ORIGINS must list origins (https://host[:port]); '*' is not allowed")
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+                or parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigurationError(f"APP_ALLOWED_ORIGINS: {item!r} is not an origin like https://chat.example.com[:port]")
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(origins)
+
+
+def _trusted_proxies(value: str | None) -> tuple[str, ...]:
+    """APP_TRUSTED_PROXIES: addresses or networks of the reverse proxies whose
+    X-Forwarded-For / X-Forwarded-Proto headers are believed; '*' trusts every peer."""
+    import ipaddress
+
+    items = tuple(filter(None, (part.strip() for part in (value or "").split(","))))
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigurationError(f"APP_TRUSTED_PROXIES: {item!r} is not an IP address or network") from None
+    return items
+
+
 def _persistent_secret(data_dir: Path) -> str:
     """A random secret kept in the data folder, so restarts keep sessions and signed URLs."""
     path = data_dir / "auth_secret"
@@ -135,6 +204,14 @@ class Settings:
     storage_class: str | None = None
     journal_path: Path | None = None
     journal_sync: str = "FULL"
+    # Sessions, logins and the web front (security): see the README's "Security" section.
+    session_lifetime_seconds: int = int(DEFAULT_SESSION_LIFETIME_HOURS * 3600)
+    allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    login_max_failures: int = 10
+    login_delay_seconds: float = 1.0
+    login_lock_seconds: float = 900.0
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __repr__(self) -> str:  # never print passwords or secrets
         return (
@@ -224,4 +301,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, 
         # "memory" keeps no journal on disk: a crash loses writes the database did not have yet.
         journal_path=None if journal_setting == "memory" else Path(journal_setting).expanduser().resolve(),
         journal_sync=journal_sync,
+        session_lifetime_seconds=round(3600 * _env_number(
+            env, "APP_SESSION_LIFETIME_HOURS", DEFAULT_SESSION_LIFETIME_HOURS, 0.01, 24 * 366)),
+        allowed_origins=_allowed_origins(env.get("APP_ALLOWED_ORIGINS")),
+        trusted_proxies=_trusted_proxies(env.get("APP_TRUSTED_PROXIES")),
+        login_max_failures=int(_env_number(env, "APP_LOGIN_MAX_FAILURES", 10, 2, 1000)),
+        login_delay_seconds=_env_number(env, "APP_LOGIN_DELAY_SECONDS", 1.0, 0.0, 60.0),
+        login_lock_seconds=60 * _env_number(env, "APP_LOGIN_LOCK_MINUTES", 15.0, 0.1, 24 * 60),
+        max_message_bytes=_max_message_bytes(env.get("APP_MAX_MESSAGE_BYTES")),
     )

@@ -1,4 +1,4 @@
-"""Attached files as text for the model.
+"""Attached files: as text for the model, and where Chainlit keeps them until they are saved.
 
 Text-like files (by MIME type, else by extension, and only if they decode as UTF-8 without
 NUL bytes) are passed to the model, cut to `CHAT_MAX_FILE_CHARS`; other files are named
@@ -8,7 +8,17 @@ with their type and size so the model knows they exist.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import secrets
+import shutil
+import time
 from pathlib import Path, PurePosixPath
+
+logger = logging.getLogger("chainlit")
+
+#: An instance's upload folder untouched this long belongs to an instance that is gone.
+STALE_UPLOADS_SECONDS = 24 * 3600
 
 TEXT_MIME_TYPES = frozenset(
     {
@@ -72,3 +82,30 @@ def describe_attachment(name: str, mime: str | None, data: bytes | None, max_cha
 
 async def read_path(path: str | Path) -> bytes:
     return await asyncio.to_thread(Path(path).read_bytes)
+
+
+def keep_uploads_in(folder: Path) -> Path:
+    """Give this instance its own folder for uploads not yet saved, under `folder`.
+
+    Chainlit keeps an uploaded file in `<app folder>/.files/<session>/` until the message is
+    handled, and deletes the whole `.files` when it shuts down — with it the uploads of any
+    other instance started from the same folder, whose next upload then fails (500). Here
+    each instance has a folder of its own (which Chainlit still deletes at its shutdown);
+    folders left by instances that crashed are removed once they are a day old."""
+    import chainlit.config
+    import chainlit.server
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        try:
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_UPLOADS_SECONDS:
+                shutil.rmtree(stale)
+        except OSError as exc:  # another instance's cleanup got there first, or it is not ours
+            logger.debug("left the old upload folder %s: %s", stale, exc)
+    own = folder / f"{os.getpid()}-{secrets.token_hex(4)}"
+    own.mkdir(mode=0o700)
+    # Sessions read `chainlit.config.FILES_DIRECTORY` on each upload; the server's shutdown
+    # removes the one it imported.
+    chainlit.config.FILES_DIRECTORY = own
+    chainlit.server.FILES_DIRECTORY = own
+    return own

@@ -144,7 +144,8 @@ class ChatService:
     # ---- helpers -------------------------------------------------------------------
     @property
     def author(self) -> str:
-        return "Assistant (offline)" if self.provider.offline else "Assistant"
+        # The browser loads the avatar at /avatars/<author>: letters, digits, space, `_.-` only.
+        return "Offline assistant" if self.provider.offline else "Assistant"
 
     async def _prompts(self) -> PromptBook:
         return await load_prompts_async(self.config.prompts_file, self.config.default_prompt)

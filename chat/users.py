@@ -6,10 +6,15 @@ the `APP_USERS` variable (`name:hash;name2:hash2`, for containers). Manage the f
     python -m chat.users add alice            # asks for the password twice
     python -m chat.users hash                 # prints a hash for APP_USERS
     python -m chat.users list | remove alice
+    python -m chat.users logout alice         # ends alice's sessions everywhere
+
+Changing a password (`add` of an existing user), `remove` and `logout` end the user's
+login sessions at once, on every app instance: the time is written to the configured
+database (DATABASE_URL, as the app reads it), where the app checks every request.
 
 On a fresh machine with no user defined anywhere, `ensure_default_admin` creates `admin`
-with a random password (or `APP_ADMIN_PASSWORD` when set), prints it once and writes it
-to `<APP_DATA_DIR>/admin_password.txt` (mode 0600).
+with a random password, prints it once and writes it to `<APP_DATA_DIR>/admin_password.txt`
+(mode 0600). A password given in `APP_ADMIN_PASSWORD` is used instead and written nowhere.
 """
 
 from __future__ import annotations
@@ -211,9 +216,9 @@ class UserStore:
             return None
         password = admin_password or secrets.token_urlsafe(12)
         self.add("admin", password, display_name="Administrator", role="admin")
-        note = data_dir / ADMIN_PASSWORD_FILE
-        _write_private(note, f"user: admin\npassword: {password}\n")
-        if not admin_password:
+        if not admin_password:  # the operator's own password stays where they put it
+            note = data_dir / ADMIN_PASSWORD_FILE
+            _write_private(note, f"user: admin\npassword: {password}\n")
             print(
                 f"\n  Created the first user 'admin' with password: {password}\n"
                 f"  (also written to {note}; change it with `python -m chat.users add admin`)\n",
@@ -235,6 +240,32 @@ def _read_new_password(args) -> str:
     return password
 
 
+def _end_sessions(settings, name: str, reason: str) -> int:
+    """Revoke `name`'s login sessions in the app's database; 0, or 1 with what to do."""
+    try:
+        asyncio.run(revoke_sessions(settings, name, reason))
+    except Exception as exc:
+        print(f"could not end the sessions of {name!r} ({type(exc).__name__}: {exc}); they stay valid until "
+              f"this succeeds: python -m chat.users logout {name}", file=sys.stderr)
+        return 1
+    print(f"ended every session of {name!r}")
+    return 0
+
+
+async def revoke_sessions(settings, name: str, reason: str) -> None:
+    """Write the revocation to the database the app uses, through the data layer built from
+    the same settings (with an in-memory journal: the app's journal file belongs to the app)."""
+    from dataclasses import replace
+
+    layer = replace(settings, journal_path=None).build_data_layer()
+    try:
+        if not hasattr(layer, "revoke_sessions"):
+            raise RuntimeError(f"the data layer {type(layer).__name__} cannot store session revocations")
+        await layer.revoke_sessions(name, reason)
+    finally:
+        await layer.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chat.users", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,24 +274,35 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--display-name")
     add.add_argument("--role", default="user")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    rm = sub.add_parser("remove", help="remove a user")
+    rm = sub.add_parser("remove", help="remove a user (and end their sessions)")
     rm.add_argument("name")
+    out = sub.add_parser("logout", help="end every login session of a user, on every app instance")
+    out.add_argument("name")
     sub.add_parser("list", help="list users")
     hsh = sub.add_parser("hash", help="print a password hash (for APP_USERS)")
     hsh.add_argument("--password-stdin", action="store_true")
     args = parser.parse_args(argv)
 
+    from chat.private_files import private_by_default
     from settings import load_settings
 
-    store = UserStore.from_env(load_settings(export_secret=False).data_dir)
+    private_by_default()  # the users file, and a SQLite database this may create
+    settings = load_settings(export_secret=False)
+    store = UserStore.from_env(settings.data_dir)
     if args.command == "add":
+        existed = args.name in store.load_file()
         store.add(args.name, _read_new_password(args), args.display_name, args.role)
         print(f"saved user {args.name!r} in {store.users_file}")
+        if existed:
+            return _end_sessions(settings, args.name, "password changed")
     elif args.command == "remove":
         if not store.remove(args.name):
             print(f"no user {args.name!r} in {store.users_file}", file=sys.stderr)
             return 1
         print(f"removed user {args.name!r}")
+        return _end_sessions(settings, args.name, "user removed")
+    elif args.command == "logout":
+        return _end_sessions(settings, args.name, "ended by the operator")
     elif args.command == "list":
         for user in store.load().values():
             print(f"{user.name}\t{user.role}\t{user.display_name or ''}")

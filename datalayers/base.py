@@ -11,10 +11,17 @@ What the public methods do for every backend:
   caller sees what it wrote.
 * Chainlit's `@queue_until_user_message` is applied to the five methods that need it —
   also to a subclass's overrides (`__init_subclass__`), which Python would otherwise drop.
-* Ownership: a rating on another user's thread is refused; a thread created by a step
-  write gets the acting user as owner, and an ownerless thread is given one.
+* Ownership: a rating, a step or a thread write by a user who does not own the thread is
+  refused (`NotYours`, a 404 to a client; a fire-and-forget write is dropped with a WARNING
+  naming the user and the thread); a thread created by a step write gets the acting user
+  as owner, and an ownerless thread is given one. Owners are remembered per process, so a
+  step write costs no extra read once its thread has been seen.
+* Ids are at most `MAX_ID_LENGTH` characters without NUL: a write with another is refused
+  (`RequestError`, a 400), a read by one finds nothing.
 * Cursors are signed with a secret from the settings; blobs are deleted after their rows
-  (a failed blob delete is journaled and retried, never a half-deleted thread).
+  (a failed blob delete is journaled and retried until done, never a half-deleted thread).
+* Elements (`elements.Attachments`): writes by id only by the owner of the thread, declared
+  types normalised, a failed save reported to the user and leaving nothing behind.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from datetime import UTC, datetime
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +39,14 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser, User
 
 from .actor import current_session_thread, current_user_identifier
-from .elements import element_row, sign_element_urls, upload_element
+from .elements import Attachments, sign_element_urls
+from .errors import NotFound, NotYours, RequestError
 from .journal import Entry, WriteJournal
-from .paging import CursorCodec, page_size
-from .timestamps import utc_now
+from .owners import ThreadOwners
+from .paging import CursorCodec, page_size, search_term
+from .timestamps import format_timestamp, utc_now
 from .writeback import PERMANENT, TRANSIENT, UNKNOWN, WriteBack
-from .writes import StepWrite, ThreadWrite, check_id, with_step_defaults
+from .writes import StepWrite, ThreadWrite, check_id, is_valid_id, with_step_defaults
 
 if TYPE_CHECKING:
     from chainlit.element import Element, ElementDict
@@ -103,8 +113,11 @@ class PersistentDataLayer(BaseDataLayer):
             journal = WriteJournal(journal)
         self.read_wait = read_wait
         self.writes = WriteBack(journal, self._apply_entry, self._classify, _merge_entries, self.logger,
-                                on_rejected=self._after_rejected, concurrency=write_concurrency)
+                                on_rejected=self._after_rejected, concurrency=write_concurrency,
+                                apply_batch=self._apply_batch, batch_key=self._batch_key)
         self._identifiers: dict[str, str] = {}
+        self.owners = ThreadOwners(self.logger, self._thread_author)
+        self.attachments = Attachments(self)
 
     # ------------------------------------------------------------------ operating
     async def start(self) -> None:
@@ -155,7 +168,10 @@ class PersistentDataLayer(BaseDataLayer):
 
     # ------------------------------------------------------------------ journaled writes
     async def _submit(self, lane: str, kind: str, payload: dict) -> None:
-        await self.writes.submit(Entry(lane, kind, payload, current_user_identifier()))
+        actor = current_user_identifier()
+        if self.owners.refuses_at_once(kind, lane, actor):
+            return  # a write into another user's thread: logged, and nothing stored
+        await self.writes.submit(Entry(lane, kind, payload, actor))
 
     async def update_thread(self, thread_id: str, name: str | None = None, user_id: str | None = None,
                             metadata: dict | None = None, tags: list[str] | None = None):
@@ -190,21 +206,34 @@ class PersistentDataLayer(BaseDataLayer):
                               type(exc).__name__)
         return current_session_thread() or ""
 
+    # Elements: the shared rules (ownership, blob first, reporting, cleanup) are in elements.py.
     @_queued
     async def create_element(self, element: Element):
-        check_id(element.id, "element id")
-        check_id(element.thread_id, "element threadId")
-        owner = current_user_identifier() or await self.get_thread_author(element.thread_id) or None
-        object_key = await upload_element(self.storage, element, owner)
-        await self._submit(element.thread_id, "element", {"id": element.id, "row": element_row(element, object_key)})
+        await self.attachments.create(element)
 
     @_queued
     async def delete_element(self, element_id: str, thread_id: str | None = None):
-        check_id(element_id, "element id")
-        lane = thread_id or current_session_thread() or ""
-        await self._submit(lane, "element_delete", {"id": element_id, "threadId": thread_id})
+        await self.attachments.delete(element_id, thread_id)
+
+    async def check_element_write(self, element_id: str, thread_id: str | None) -> None:
+        """Raise `NotYours` unless the acting user may create, change or delete this element
+        (for routes that must answer before Chainlit writes in the background)."""
+        await self.attachments.check_write(element_id, thread_id or None, "change")
 
     async def _apply_entry(self, entry: Entry) -> None:
+        if not await self.owners.may_apply(entry):
+            return
+        try:
+            await self._apply_checked(entry)
+        except NotYours as exc:
+            if entry.kind != "step":
+                raise
+            # A step id that exists in another thread (a client chose it): the backend
+            # left the stored step alone.
+            self.logger.warning("refused: %s of thread %s by user %r: %s; nothing stored", entry.kind, entry.lane,
+                                entry.actor, exc)
+
+    async def _apply_checked(self, entry: Entry) -> None:
         payload = entry.payload
         if entry.kind == "step":
             await self._write_step(StepWrite.from_json(payload), entry.actor)
@@ -213,38 +242,47 @@ class PersistentDataLayer(BaseDataLayer):
         elif entry.kind == "step_delete":
             await self._delete_blobs(await self._remove_step(payload["id"], entry.lane or None), entry.lane)
         elif entry.kind == "element":
-            await self._delete_blobs(await self._write_element(payload["row"], entry.actor), entry.lane)
+            await self.attachments.apply_write(entry)
         elif entry.kind == "element_delete":
-            await self._delete_blobs(await self._remove_element(payload["id"], payload.get("threadId")), entry.lane)
+            await self.attachments.apply_delete(entry)
         elif entry.kind == "blobs_delete":
-            if self.storage is not None:
-                await self.storage.delete_files(payload["keys"])
+            await self.attachments.apply_cleanup(entry)
         else:
             raise ValueError(f"unknown journal entry kind {entry.kind!r}")
 
-    async def _delete_blobs(self, keys: list[str], lane: str) -> None:
-        """Delete blobs whose rows are gone. A failure is journaled and retried, so the
-        row change (already committed) is never undone or repeated for it."""
-        keys = [k for k in keys if k]
-        if not keys or self.storage is None:
+    def _batch_key(self, entry: Entry) -> str | None:
+        """Step writes of one thread by one user may be applied together, when the backend
+        writes several steps in one round trip (it overrides `_write_steps`)."""
+        if entry.kind != "step" or type(self)._write_steps is PersistentDataLayer._write_steps:
+            return None
+        return f"step:{entry.actor or ''}"
+
+    async def _apply_batch(self, entries: list[Entry]) -> None:
+        # One lane, one actor (the batch key): one ownership check for all. A batch that
+        # fails (a foreign step id among them) is applied again one entry at a time.
+        if not await self.owners.may_apply(entries[0]):
             return
-        try:
-            await self.storage.delete_files(keys)
-        except Exception as exc:
-            self.logger.warning("%d blob(s) of thread %s could not be deleted yet (%s); retrying from the journal",
-                                len(keys), lane, type(exc).__name__)
-            await self.writes.submit(Entry(lane, "blobs_delete", {"keys": keys}, None))
+        await self._write_steps([StepWrite.from_json(e.payload) for e in entries], entries[0].actor)
+
+    async def _write_steps(self, writes: list[StepWrite], actor: str | None) -> None:
+        """Several step writes of one thread, in order. A backend that can apply them in one
+        round trip overrides this; it must apply all or none of them."""
+        for write in writes:
+            await self._write_step(write, actor)
+
+    async def _delete_blobs(self, keys: list[str], lane: str) -> None:
+        """Delete blobs whose rows are gone; a failure is retried until done (elements.py)."""
+        await self.attachments.delete_blobs(keys, lane)
 
     async def _after_rejected(self, entry: Entry, exc: BaseException) -> None:
         """A refused element row leaves its freshly uploaded blob behind: remove it unless
         a stored row still points at it."""
-        if entry.kind != "element" or self.storage is None:
-            return
-        key = entry.payload["row"].get("objectKey")
-        if key and await self._read_element(entry.lane, entry.payload["id"]) is None:
-            await self.storage.delete_files([key])
+        if entry.kind == "element" and (key := entry.payload["row"].get("objectKey")):
+            await self.attachments.discard_upload(key, entry.lane, entry.payload["id"])
 
     def _classify(self, exc: BaseException) -> str:
+        if isinstance(exc, RequestError):  # the write's own fault, whatever the database said on the way
+            return PERMANENT
         kind = self._failure_kind(exc)
         if kind is not None:
             return kind
@@ -263,14 +301,21 @@ class PersistentDataLayer(BaseDataLayer):
         await self.writes.settle([thread_id], self.read_wait)
 
     async def get_thread_author(self, thread_id: str) -> str:
+        if not is_valid_id(thread_id):  # no such thread can exist: no database round trip
+            return ""
         await self._settle(thread_id)
-        return await self._thread_author(thread_id) or ""
+        author = await self._thread_author(thread_id)
+        self.owners.remember(thread_id, author)
+        return author or ""
 
     async def get_thread(self, thread_id: str) -> ThreadDict | None:
+        if not is_valid_id(thread_id):
+            return None
         await self._settle(thread_id)
         thread = await self._read_thread(thread_id)
         if thread is None:
             return None
+        self.owners.remember(thread_id, thread.get("userIdentifier"))
         for step in thread["steps"]:
             with_step_defaults(step)  # type: ignore[arg-type]
         await sign_element_urls(self.storage, thread["elements"])  # type: ignore[arg-type]
@@ -289,8 +334,11 @@ class PersistentDataLayer(BaseDataLayer):
             raise ValueError("list_threads needs filters.userId")
         owner = filters.userId
         position = self.cursors.decode(owner, pagination.cursor) if pagination.cursor else None
+        search = search_term(filters.search)
+        if filters.feedback not in (None, 0, 1):
+            raise RequestError("the feedback filter must be 0 or 1")
         await self._settle_user(owner)
-        rows = await self._page_threads(owner, position, first + 1, filters.search or None, filters.feedback)
+        rows = await self._page_threads(owner, position, first + 1, search, filters.feedback)
         has_next = len(rows) > first
         rows = rows[:first]
         page = PageInfo(
@@ -308,39 +356,60 @@ class PersistentDataLayer(BaseDataLayer):
         return [with_step_defaults(s) for s in await self._favorite_steps(user_id)]  # type: ignore[misc]
 
     # ------------------------------------------------------------------ direct writes
-    async def _check_owner(self, thread_id: str, action: str) -> None:
-        """Chainlit's /feedback routes check nobody's ownership: refuse another user's thread."""
-        actor = current_user_identifier()
-        if actor is None:
-            return
-        author = await self._thread_author(thread_id)
-        if author and author != actor:
-            raise PermissionError(f"user {actor!r} may not {action} in thread {thread_id!r}")
-
     async def upsert_feedback(self, feedback: Feedback) -> str:
+        """Rate a message of one's own thread. With `feedback.id`, that rating must exist
+        and be this message's (a client never moves or overwrites another rating)."""
         if feedback.value not in (0, 1):
-            raise ValueError(f"feedback value must be 0 or 1, got {feedback.value!r}")
+            raise RequestError("a rating's value must be 0 or 1")
         check_id(feedback.forId, "feedback forId")
+        if feedback.id is not None:
+            check_id(feedback.id, "feedback id")
         if lane := self.writes.pending_lane("step", feedback.forId):
             await self._settle(lane)
+        missing = "message not found"  # the same text for a missing message and another user's
         thread_id = await self._step_thread(feedback.forId, feedback.threadId)
         if thread_id is None:  # a rating needs its message: no orphan feedback
-            raise ValueError(f"feedback for unknown step {feedback.forId!r}")
-        await self._check_owner(thread_id, "rate messages")
+            raise NotFound(missing)
+        # Chainlit's /feedback routes check nobody's ownership.
+        await self.owners.check(thread_id, current_user_identifier(), "rate messages in", missing)
+        if feedback.id is not None and await self._feedback_thread(feedback.id) != thread_id:
+            raise NotFound("rating not found")
         return await self._set_feedback(thread_id, feedback)
 
     async def delete_feedback(self, feedback_id: str) -> bool:
-        if not feedback_id:
+        """Remove a rating of one's own thread; False when there is no such rating."""
+        if not is_valid_id(feedback_id):
             return False
         thread_id = await self._feedback_thread(feedback_id)
         if thread_id is None:
             return False
-        await self._check_owner(thread_id, "remove ratings")
+        await self.owners.check(thread_id, current_user_identifier(), "remove ratings in", "rating not found")
         return await self._remove_feedback(thread_id, feedback_id)
 
     async def delete_thread(self, thread_id: str):
+        if not is_valid_id(thread_id):
+            raise NotFound("thread not found")
+        self.owners.forget(thread_id)
         await self._settle(thread_id)
         await self._delete_blobs(await self._remove_thread(thread_id), thread_id)
+
+    # ------------------------------------------------------------------ sessions
+    # Login tokens are stateless JWTs; what ends them early is a per-user time stored here:
+    # a token issued before it is refused. Direct writes (not journaled): a logout must be
+    # in the database, for every app instance, before it is reported done.
+    async def revoke_sessions(self, identifier: str, reason: str = "") -> datetime:
+        """End every session of `identifier` issued until now (logout, password change,
+        removal). The stored time only moves forward; returns the time now in force."""
+        check_id(identifier, "user identifier")
+        now = datetime.now(UTC)
+        await self._revoke_sessions(identifier, format_timestamp(now), reason[:255])
+        return max(now, await self.sessions_revoked_at(identifier) or now)
+
+    async def sessions_revoked_at(self, identifier: str) -> datetime | None:
+        """When `identifier`'s sessions were last revoked (None: never): one key lookup."""
+        check_id(identifier, "user identifier")
+        stored = await self._sessions_revoked_at(identifier)
+        return datetime.fromisoformat(stored) if stored else None
 
     # ------------------------------------------------------------------ for backends
     # Each is one database operation; the public methods above call them.
@@ -372,7 +441,13 @@ class PersistentDataLayer(BaseDataLayer):
     async def _remove_element(self, element_id: str, thread_id: str | None) -> list[str]:
         raise NotImplementedError
 
-    async def _thread_author(self, thread_id: str) -> str | None:
+    async def _element_thread(self, element_id: str, journaled: bool = False) -> str | None:
+        """The thread an element with this id is stored in, if any."""
+        raise NotImplementedError
+
+    async def _thread_author(self, thread_id: str, journaled: bool = False) -> str | None:
+        """The owner's identifier; `journaled`: called while applying a journaled write, so a
+        failure is the journal's to report (it retries), not an error of its own."""
         raise NotImplementedError
 
     async def _read_thread(self, thread_id: str) -> ThreadDict | None:
@@ -403,6 +478,13 @@ class PersistentDataLayer(BaseDataLayer):
         raise NotImplementedError
 
     async def _remove_thread(self, thread_id: str) -> list[str]:
+        raise NotImplementedError
+
+    async def _revoke_sessions(self, identifier: str, revoked_at: str, reason: str) -> None:
+        """Store `revoked_at` for the user unless a later time is stored already."""
+        raise NotImplementedError
+
+    async def _sessions_revoked_at(self, identifier: str) -> str | None:
         raise NotImplementedError
 
     async def _close(self) -> None:

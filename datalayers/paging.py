@@ -8,14 +8,31 @@ import hmac
 import json
 from typing import Any
 
+from .errors import RequestError
+
 MAX_PAGE_SIZE = 200
+#: Longer search terms are refused: nobody types them, and each costs a scan of every
+#: message the user has (a trigram index does not help a term that long).
+MAX_SEARCH_LENGTH = 1000
 
 
 def page_size(first: Any) -> int:
     """`pagination.first` checked (a positive int) and capped at MAX_PAGE_SIZE."""
     if not isinstance(first, int) or isinstance(first, bool) or first < 1:
-        raise ValueError(f"pagination.first must be a positive integer, got {first!r}")
+        raise RequestError(f"pagination.first must be a positive integer, got {str(first)[:20]!r}")
     return min(first, MAX_PAGE_SIZE)
+
+
+def search_term(search: Any) -> str | None:
+    """The sidebar's search text, checked: None when empty, at most MAX_SEARCH_LENGTH
+    characters. Any character is literal, NUL included."""
+    if search is None or search == "":
+        return None
+    if not isinstance(search, str):
+        raise RequestError("the search must be text")
+    if len(search) > MAX_SEARCH_LENGTH:
+        raise RequestError(f"the search is {len(search)} characters long; at most {MAX_SEARCH_LENGTH} are allowed")
+    return search
 
 
 class CursorCodec:
@@ -42,17 +59,21 @@ class CursorCodec:
         return f"{payload}.{self._sign(user, body)}"
 
     def decode(self, user: str, cursor: str) -> dict:
+        """The position in a cursor this codec made for `user`; anything else (forged,
+        truncated, another user's, from another secret) is a RequestError."""
+        invalid = RequestError("invalid pagination cursor: start again from the first page")
         try:
             payload, signature = cursor.split(".", 1)
             body = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        except (ValueError, TypeError):
-            raise ValueError("invalid pagination cursor") from None
-        if not hmac.compare_digest(signature, self._sign(user, body)):
-            raise ValueError("invalid pagination cursor")
+        except (ValueError, TypeError, AttributeError):
+            raise invalid from None
+        # compare_digest refuses non-ASCII text with a TypeError: compare bytes.
+        if not hmac.compare_digest(signature.encode("utf-8", "surrogatepass"), self._sign(user, body).encode()):
+            raise invalid
         try:
             position = json.loads(body)
         except ValueError:
-            raise ValueError("invalid pagination cursor") from None
+            raise invalid from None
         if not isinstance(position, dict):
-            raise ValueError("invalid pagination cursor")
+            raise invalid
         return position

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import RequestError
 from .timestamps import normalize_timestamp, utc_now
 
 STEP_TIMESTAMPS = ("createdAt", "start", "end")
@@ -52,12 +53,18 @@ def with_step_defaults(data: dict) -> dict:
     return data
 
 
+def is_valid_id(value: Any) -> bool:
+    """Ids (threads, steps, elements, feedback) are non-empty strings of at most
+    MAX_ID_LENGTH characters without NUL: what every backend can store and look up."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and "\x00" not in value
+
+
 def check_id(value: Any, what: str) -> str:
     """An id Chainlit sent, checked before it is journaled: a bad one is the caller's error."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID_LENGTH or "\x00" in value:
-        raise ValueError(f"{what} is not a valid id (at most {MAX_ID_LENGTH} characters, no NUL)")
+        raise RequestError(f"{what} must be a non-empty string")
+    if not is_valid_id(value):
+        raise RequestError(f"{what} is not a valid id (at most {MAX_ID_LENGTH} characters, no NUL)")
     return value
 
 
@@ -89,7 +96,7 @@ class StepWrite:
             values[key] = normalize_timestamp(value) if key in STEP_TIMESTAMPS else value
         metadata = values.pop("metadata", None)
         if metadata is not None and not isinstance(metadata, dict):
-            raise ValueError(f"step metadata must be an object, got {type(metadata).__name__}")
+            raise RequestError(f"step metadata must be an object, got {type(metadata).__name__}")
         if overwrite:
             return cls(step_id, thread_id, overwrite=values, overwrite_metadata=dict(metadata or {}))
         fill_meta = {k: v for k, v in (metadata or {}).items() if v is not None}
@@ -168,7 +175,7 @@ class ThreadWrite:
                   tags: list | None) -> ThreadWrite:
         check_id(thread_id, "thread id")
         if metadata is not None and not isinstance(metadata, dict):
-            raise ValueError(f"thread metadata must be an object, got {type(metadata).__name__}")
+            raise RequestError(f"thread metadata must be an object, got {type(metadata).__name__}")
         if name is None and metadata and isinstance(metadata.get("name"), str):
             # Apps keep the thread's name in the user session, which Chainlit saves as
             # thread metadata; Chainlit's own SQL layers rename the thread from it.

@@ -92,3 +92,10 @@ CREATE TABLE feedbacks (
 CREATE INDEX ix_feedbacks_for ON feedbacks (`forId`);
 
 CREATE INDEX ix_feedbacks_thread_value ON feedbacks (`threadId`, value);
+
+CREATE TABLE session_revocations (
+	`userIdentifier` VARCHAR(255) NOT NULL, 
+	`revokedAt` VARCHAR(32) NOT NULL, 
+	reason VARCHAR(255), 
+	PRIMARY KEY (`userIdentifier`)
+)CHARSET=utf8mb4;

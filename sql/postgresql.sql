@@ -93,6 +93,13 @@ CREATE INDEX ix_feedbacks_for ON feedbacks ("forId");
 
 CREATE INDEX ix_feedbacks_thread_value ON feedbacks ("threadId", value);
 
+CREATE TABLE session_revocations (
+	"userIdentifier" VARCHAR(255) NOT NULL, 
+	"revokedAt" VARCHAR(32) NOT NULL, 
+	reason VARCHAR(255), 
+	PRIMARY KEY ("userIdentifier")
+);
+
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 CREATE INDEX IF NOT EXISTS ix_steps_output_trgm ON steps USING gin (lower("output") gin_trgm_ops);

@@ -1,16 +1,10 @@
-"""Helpers shared by the clients' `from_url` parsers and download headers."""
+"""Helpers shared by the clients' `from_url` parsers."""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .base import DEFAULT_URL_EXPIRY_SECONDS
-
-
-def content_disposition(disposition: str, filename: str) -> str:
-    """`inline; filename="ascii"; filename*=UTF-8''utf8` (RFC 6266 / RFC 5987)."""
-    ascii_name = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in filename)
-    return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def query_params(url: str) -> dict[str, str]:

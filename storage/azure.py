@@ -28,7 +28,7 @@ from azure.core.exceptions import (
 from azure.storage.filedatalake import ContentSettings, FileSasPermissions, generate_file_sas
 from azure.storage.filedatalake.aio import DataLakeServiceClient
 
-from ._url import content_disposition, expiry_from, query_params
+from ._url import expiry_from, query_params
 from .base import (
     DEFAULT_URL_EXPIRY_SECONDS,
     BlobStorage,
@@ -37,6 +37,7 @@ from .base import (
     StorageAccessDenied,
     StorageError,
 )
+from .content_types import Delivery
 
 # A user-delegation key may live 7 days; one is fetched per day and reused for every URL.
 _DELEGATION_KEY_LIFETIME = dt.timedelta(days=1)
@@ -148,10 +149,7 @@ class AzureDataLakeStorage(BlobStorage):
     # ---- backend hooks ---------------------------------------------------------------
     async def _upload(self, key, body, mime, overwrite, disposition):
         client = self._fs.get_file_client(self._path(key))
-        settings = ContentSettings(
-            content_type=mime,
-            content_disposition=disposition or content_disposition("inline", key.rsplit("/", 1)[-1]),
-        )
+        settings = ContentSettings(content_type=mime, content_disposition=disposition)
         self.logger.debug("upload %s/%s (%d bytes)", self.file_system, self._path(key), len(body))
         for attempt in range(_OVERWRITE_RETRIES):
             try:
@@ -227,7 +225,7 @@ class AzureDataLakeStorage(BlobStorage):
             error_type = StorageAccessDenied if denied else StorageError
             raise error_type(f"{len(errors)} of {len(unique)} deletes failed; first: {errors[0]}") from errors[0]
 
-    async def _read_url(self, key):
+    async def _read_url(self, key, served: Delivery):
         path = self._path(key)
         directory, _, file_name = path.rpartition("/")
         now = dt.datetime.now(dt.UTC)
@@ -237,7 +235,7 @@ class AzureDataLakeStorage(BlobStorage):
         else:
             signing_key = await self._user_delegation_key(now, expiry)
         sas = generate_file_sas(
-            self.account_name,
+            str(self.account_name),
             self.file_system,
             directory,
             file_name,
@@ -245,6 +243,11 @@ class AzureDataLakeStorage(BlobStorage):
             permission=FileSasPermissions(read=True),
             expiry=expiry,
             start=now - _CLOCK_SKEW,
+            # Signed into the SAS (rsct/rscd): the service answers with this type and
+            # disposition whatever the file was stored with. The Blob endpoint is the
+            # account's origin, never the app's, so no CSP is needed there.
+            content_type=served.content_type,
+            content_disposition=served.content_disposition,
         )
         return f"{_blob_endpoint(self._fs.get_file_client(path).url)}?{sas}"
 

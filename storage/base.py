@@ -18,6 +18,8 @@ from typing import Any
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.logger import logger as chainlit_logger
 
+from .content_types import Delivery, delivery, guess_media_type
+
 MAX_KEY_BYTES = 1024  # S3's limit; Azure allows more, so this is the portable bound.
 DEFAULT_URL_EXPIRY_SECONDS = 3600
 
@@ -109,6 +111,11 @@ def element_object_key(user: str | None, thread_id: str, element_id: str, name: 
     return validate_object_key("/".join(parts))
 
 
+def object_filename(key: str) -> str:
+    """The file name a download of `key` gets: its last segment."""
+    return key.rsplit("/", 1)[-1]
+
+
 class BlobStorage(BaseStorageClient):
     """Base of every blob client. Usable as `async with`; `close()` is idempotent."""
 
@@ -129,11 +136,16 @@ class BlobStorage(BaseStorageClient):
         overwrite: bool = True,
         content_disposition: str | None = None,
     ) -> dict[str, Any]:
+        """Store `data` under `object_key`. `mime` is the declared type: stored in its clean
+        form, or as `application/octet-stream` when it does not parse (see content_types);
+        the disposition stored with it is the serving policy's (`content_disposition` can
+        only make it an attachment)."""
         self._check_open()
         key = validate_object_key(object_key)
         body = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        await self._upload(key, body, mime or "application/octet-stream", overwrite, content_disposition)
-        return {"object_key": key, "url": await self._read_url(key)}
+        served = delivery(mime, object_filename(key), content_disposition)
+        await self._upload(key, body, served.content_type, overwrite, served.content_disposition)
+        return {"object_key": key, "url": await self._read_url(key, served)}
 
     async def read_file(self, object_key: str) -> bytes:
         self._check_open()
@@ -152,9 +164,14 @@ class BlobStorage(BaseStorageClient):
         if keys:
             await self._delete_many(keys)
 
-    async def get_read_url(self, object_key: str) -> str:
+    async def get_read_url(self, object_key: str, mime: str | None = None) -> str:
+        """A link a browser can GET the object from. `mime` is the type it was stored with
+        (the element row's); clients whose links carry the response headers (S3, Azure)
+        serve it by the same policy as at upload, else by the type its name suggests."""
         self._check_open()
-        return await self._read_url(validate_object_key(object_key))
+        key = validate_object_key(object_key)
+        filename = object_filename(key)
+        return await self._read_url(key, delivery(mime or guess_media_type(filename), filename))
 
     async def close(self) -> None:
         if not self._closed:
@@ -191,8 +208,9 @@ class BlobStorage(BaseStorageClient):
             await self._delete(key)
 
     @abstractmethod
-    async def _read_url(self, key: str) -> str:
-        """A URL a browser can GET the object from (signed and expiring where possible)."""
+    async def _read_url(self, key: str, served: Delivery) -> str:
+        """A URL a browser can GET the object from (signed and expiring where possible),
+        served with `served`'s type and disposition where the link can say so."""
 
     async def _close(self) -> None:
         return None

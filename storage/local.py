@@ -21,7 +21,6 @@ import errno
 import hashlib
 import hmac
 import json
-import mimetypes
 import os
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from ._url import content_disposition, expiry_from, query_params
+from ._url import expiry_from, query_params
 from .base import (
     DEFAULT_URL_EXPIRY_SECONDS,
     BlobStorage,
@@ -38,30 +37,16 @@ from .base import (
     ObjectNotFound,
     StorageAccessDenied,
     StorageError,
+    object_filename,
     validate_object_key,
 )
+from .content_types import BLOB_RESPONSE_HEADERS, Delivery, delivery, guess_media_type
 
 # Signed URLs expire on a 60 s grid: the same object read twice within a minute gets the
 # same URL, so the browser cache keeps working although Chainlit re-signs on every read.
 _EXPIRY_GRANULARITY = 60
 # A concurrent delete may prune an empty directory between our makedirs and our rename.
 _PUBLISH_ATTEMPTS = 5
-
-# Types a browser would execute if served inline from the app's own origin: stored XSS via
-# an uploaded file. They are sent as attachments inside a CSP sandbox instead.
-_ACTIVE_CONTENT_TYPES = frozenset(
-    {
-        "text/html",
-        "application/xhtml+xml",
-        "image/svg+xml",
-        "text/xml",
-        "application/xml",
-        "text/javascript",
-        "application/javascript",
-        "application/ecmascript",
-        "text/ecmascript",
-    }
-)
 
 
 class LocalStorage(BlobStorage):
@@ -148,7 +133,9 @@ class LocalStorage(BlobStorage):
             return False
         return hmac.compare_digest(self._signature(key, expires_at), str(sig))
 
-    async def _read_url(self, key: str) -> str:
+    async def _read_url(self, key: str, served: Delivery) -> str:
+        # The download route applies the serving policy to the stored type itself: the
+        # link only needs to prove it was handed out by this app.
         deadline = time.time() + self.url_expiry_seconds
         expires_at = -(-int(deadline) // _EXPIRY_GRANULARITY) * _EXPIRY_GRANULARITY
         return self.sign(key, expires_at)
@@ -188,20 +175,34 @@ class LocalStorage(BlobStorage):
         return tmp
 
     def _write_sync(self, key: str, body: bytes, meta: dict[str, Any], overwrite: bool) -> None:
+        """Publish the bytes and their metadata, or raise leaving no new object behind."""
         with _translated(key):
             dest = self._object_path(key)
+            meta_path = self._meta_path(key)
             tmp = self._write_temp(body)
+            meta_tmp: str | None = None
             try:
+                meta_tmp = self._write_temp(json.dumps(meta).encode("utf-8"))
+                # Everything that can fail before the object is visible is done first.
+                meta_path.parent.mkdir(exist_ok=True)
+                existed = dest.is_file()
                 self._publish(key, tmp, dest, overwrite)
+                try:
+                    os.replace(meta_tmp, meta_path)
+                except BaseException:
+                    # Bytes without their type: a new object goes again, an overwritten
+                    # one loses the stale type (then guessed from its name), and the
+                    # caller gets the error.
+                    if existed:
+                        _remove_quietly(meta_path)
+                    else:
+                        _remove_quietly(dest)
+                        self._prune_empty_parents(dest.parent)
+                    raise
             finally:
                 _unlink_quietly(tmp)
-            meta_path = self._meta_path(key)
-            meta_path.parent.mkdir(exist_ok=True)
-            meta_tmp = self._write_temp(json.dumps(meta).encode("utf-8"))
-            try:
-                os.replace(meta_tmp, meta_path)
-            finally:
-                _unlink_quietly(meta_tmp)
+                if meta_tmp is not None:
+                    _unlink_quietly(meta_tmp)
 
     def _publish(self, key: str, tmp: str, dest: Path, overwrite: bool) -> None:
         """Move the finished temp file to `dest` in one atomic step."""
@@ -250,7 +251,8 @@ class LocalStorage(BlobStorage):
             directory = directory.parent
 
     def stat_object(self, key: str) -> tuple[Path, os.stat_result, str, str | None]:
-        """(path, stat, mime, stored disposition) of an object; blocking, for the route."""
+        """(path, stat, stored type, stored disposition) of an object; blocking, for the
+        route. Without stored metadata (a file put there by hand) the name suggests the type."""
         with _translated(key, missing=ObjectNotFound):
             path = self._object_path(key)
             stat_result = path.stat()
@@ -265,8 +267,10 @@ class LocalStorage(BlobStorage):
         except (OSError, ValueError) as exc:
             # Unreadable metadata must not make the file itself unreachable.
             self.logger.warning("ignoring unreadable metadata of %r: %s", key, exc)
-        if not mime or mime == "application/octet-stream":
-            mime = mimetypes.guess_type(key)[0] or mime or "application/octet-stream"
+        if not mime:
+            # Only without metadata: a stored `application/octet-stream` may be a declared
+            # type that did not parse, which the name must not turn back into a page type.
+            mime = guess_media_type(object_filename(key))
         return path, stat_result, mime, disposition
 
     # ---- HTTP route ----------------------------------------------------------------
@@ -286,28 +290,28 @@ class LocalStorage(BlobStorage):
     async def _serve(self, request):
         from starlette.responses import FileResponse, PlainTextResponse
 
+        def refuse(text: str, status: int):
+            return PlainTextResponse(text, status_code=status, headers=BLOB_RESPONSE_HEADERS)
+
         key = request.path_params["key"]
         if not self.verify_signature(key, request.query_params.get("exp"), request.query_params.get("sig")):
-            return PlainTextResponse("invalid or expired link", status_code=403)
+            return refuse("invalid or expired link", 403)
         if self._closed:
-            return PlainTextResponse("storage closed", status_code=503)
+            return refuse("storage closed", 503)
         try:
             key = validate_object_key(key)
             path, stat_result, mime, disposition = await asyncio.to_thread(self.stat_object, key)
         except (ObjectNotFound, InvalidObjectKey):
-            return PlainTextResponse("not found", status_code=404)
+            return refuse("not found", 404)
+        # Re-applied on every response: metadata written before this policy existed may
+        # hold a raw declared type (`image/png,text/html`).
+        served = delivery(mime, object_filename(key), disposition)
         headers = {
-            "X-Content-Type-Options": "nosniff",
+            **BLOB_RESPONSE_HEADERS,
+            "Content-Disposition": served.content_disposition,
             "Cache-Control": f"private, max-age={max(0, int(request.query_params['exp']) - int(time.time()))}",
         }
-        base_mime = mime.split(";", 1)[0].strip().lower()
-        filename = key.rsplit("/", 1)[-1]
-        if base_mime in _ACTIVE_CONTENT_TYPES:
-            headers["Content-Security-Policy"] = "sandbox"
-            headers["Content-Disposition"] = content_disposition("attachment", filename)
-        else:
-            headers["Content-Disposition"] = disposition or content_disposition("inline", filename)
-        return FileResponse(path, headers=headers, media_type=mime, stat_result=stat_result)
+        return FileResponse(path, headers=headers, media_type=served.content_type, stat_result=stat_result)
 
 
 class _translated:
@@ -336,4 +340,12 @@ def _unlink_quietly(path: str | Path) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
+        pass
+
+
+def _remove_quietly(path: str | Path) -> None:
+    """Best-effort cleanup while another error is being raised: that error is the report."""
+    try:
+        os.unlink(path)
+    except OSError:
         pass

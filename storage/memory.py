@@ -44,5 +44,5 @@ class MemoryStorage(BlobStorage):
     async def _delete(self, key):
         self.objects.pop(key, None)
 
-    async def _read_url(self, key):
+    async def _read_url(self, key, served):
         return "memory://" + quote(key)

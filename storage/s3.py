@@ -17,7 +17,7 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from ._url import content_disposition, expiry_from, query_params
+from ._url import expiry_from, query_params
 from .base import (
     DEFAULT_URL_EXPIRY_SECONDS,
     MAX_KEY_BYTES,
@@ -28,6 +28,7 @@ from .base import (
     StorageAccessDenied,
     StorageError,
 )
+from .content_types import Delivery
 
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 _DENIED_CODES = {
@@ -157,7 +158,7 @@ class S3Storage(BlobStorage):
             "Key": full,
             "Body": body,
             "ContentType": mime,
-            "ContentDisposition": disposition or content_disposition("inline", key.rsplit("/", 1)[-1]),
+            "ContentDisposition": disposition,
         }
         if not overwrite:
             # A conditional PUT: S3 itself refuses if the key exists, so two racing
@@ -220,14 +221,20 @@ class S3Storage(BlobStorage):
                 error_type = StorageAccessDenied if denied else StorageError
                 raise error_type(f"could not delete {len(errors)} of {len(chunk)} objects ({failed})")
 
-    async def _read_url(self, key):
+    async def _read_url(self, key, served: Delivery):
         full = self._full_key(key)
         client = await self._s3()
+        # The link itself names the response type and disposition (signed with it), so an
+        # object stored with another type, by an older version or by hand, is still served
+        # by the policy. S3 cannot add a CSP header: its responses come from the bucket's
+        # own origin, never the app's.
+        params = {
+            "Bucket": self.bucket,
+            "Key": full,
+            "ResponseContentType": served.content_type,
+            "ResponseContentDisposition": served.content_disposition,
+        }
         try:
-            return await client.generate_presigned_url(
-                "get_object",
-                Params={"Bucket": self.bucket, "Key": full},
-                ExpiresIn=self.url_expiry_seconds,
-            )
+            return await client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.url_expiry_seconds)
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, "presign", key) from exc

@@ -56,6 +56,7 @@ from .items import (
 from .large import LargeAttributes, put_versioned
 from .provision import TEMPLATE_PATH, check_table_description, provision_table
 from .search import DigestMemory
+from .sessions import DynamoDBSessionRevocations
 from .sidebar import Sidebar, step_dict
 from .steps import StepWrites
 
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
 USER_CACHE_SIZE = 10_000
 
 
-class DynamoDBDataLayer(PersistentDataLayer):
+class DynamoDBDataLayer(DynamoDBSessionRevocations, PersistentDataLayer):
     """Chainlit data layer on one DynamoDB table. Public constructor; or `from_url`."""
 
     logger = chainlit_logger.getChild("DynamoDB")
@@ -285,8 +286,8 @@ class DynamoDBDataLayer(PersistentDataLayer):
 
     async def _remove_step(self, step_id: str, thread_hint: str | None) -> list[str]:
         thread_id = await self._locate_step(step_id, thread_hint, journaled=True)
-        if thread_id is None:
-            return []
+        if thread_id is None or (thread_hint and thread_id != thread_hint):
+            return []  # not in the thread the delete was checked against
         ids = {"step_id": step_id, "thread_id": thread_id}
 
         async def attempt() -> list[str]:
@@ -367,10 +368,12 @@ class DynamoDBDataLayer(PersistentDataLayer):
     async def _author(self, thread: dict[str, Any]) -> str | None:
         return thread.get("userIdentifier") or await self._user_identifier(thread.get("userId"))
 
-    async def _thread_author(self, thread_id: str) -> str | None:
+    async def _thread_author(self, thread_id: str, journaled: bool = False) -> str | None:
         thread = await self.table.get(thread_key(thread_id), "get_thread_author", {"thread_id": thread_id},
-                                      attributes=("userId", "userIdentifier"))
-        return await self._author(thread) if thread else None
+                                      attributes=("userId", "userIdentifier"), journaled=journaled)
+        if not thread:
+            return None
+        return thread.get("userIdentifier") or await self._user_identifier(thread.get("userId"), journaled)
 
     async def _read_thread(self, thread_id: str) -> ThreadDict | None:
         for attempt in range(2):

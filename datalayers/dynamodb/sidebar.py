@@ -19,6 +19,7 @@ from chainlit.types import ThreadDict
 
 from storage.base import ObjectNotFound
 
+from ..errors import RequestError
 from .client import Table
 from .items import (
     BLOBS,
@@ -75,7 +76,7 @@ class Sidebar:
         if position is not None:
             sort_key, last_id = position.get("s"), position.get("t")
             if not isinstance(sort_key, str) or not isinstance(last_id, str):
-                raise ValueError("invalid pagination cursor")
+                raise RequestError("invalid pagination cursor: start again from the first page")
             kwargs["ExclusiveStartKey"] = serialize({"UserThreadPK": f"USER#{identifier}", "UserThreadSK": sort_key,
                                                      **thread_key(last_id)})
         matches: list[dict[str, Any]] = []

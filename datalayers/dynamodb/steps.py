@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..errors import NotYours
 from ..writes import StepWrite
 from .client import CONFLICT_ATTEMPTS, DynamoDBError, Table, _backoff, retry_conflicts
 from .items import (
@@ -154,9 +155,17 @@ class StepWrites:
         locator."""
         step = {"TableName": self.table.name, "Item": serialize({**row, REV: 1}),
                 "ConditionExpression": "attribute_not_exists(#pk)", "ExpressionAttributeNames": {"#pk": "PK"}}
-        locator = {"TableName": self.table.name,
-                   "Item": serialize({**locator_key("STEP", write.id), "threadId": write.thread_id})}
-        return [{"Put": step}, {"Put": locator}]
+        return [{"Put": step}, {"Put": self._locator_put(write)}]
+
+    def _locator_put(self, write: StepWrite) -> dict[str, Any]:
+        """The step's locator, unless it names another thread: a client chooses the ids of
+        the messages it sends, and a step id of another user's thread must not be taken
+        over (the locator decides where ratings and deletes go)."""
+        e = Expression()
+        return {"TableName": self.table.name,
+                "Item": serialize({**locator_key("STEP", write.id), "threadId": write.thread_id}),
+                "ConditionExpression": f"attribute_not_exists({e.name('PK')}) OR "
+                                       f"{e.name('threadId')} = {e.value(write.thread_id)}", **e.kwargs()}
 
     async def write_many(self, writes: list[StepWrite], actor: str | None) -> None:
         """Several new steps of one thread in ONE TransactWriteItems: each step and its
@@ -206,6 +215,8 @@ class StepWrites:
                 await self.table.transact([step, {"Update": thread}, locator], "create_step",
                                           self._ids(write), journaled=True)
             except DynamoDBError as exc:
+                if _reason(exc, 2) == CCF:
+                    raise NotYours(f"step {write.id} is in another thread") from None
                 if _reason(exc, 0) == CCF or exc.too_large:
                     return await self._general(write, actor)  # the step exists, or is too large inline
                 if appends and _reason(exc, 1) == CCF:
@@ -336,14 +347,18 @@ class StepWrites:
                                      or self.digests.already_appended(write.id, text)):
                 text = None
             first_write = stored is None or write.created
+            if stored is None and not touched:
+                # The locator first: a step id of another thread stops the write here.
+                try:
+                    await self.table.call("put_item", operation, ids, journaled=True, **self._locator_put(write))
+                except DynamoDBError as exc:
+                    if exc.code == "ConditionalCheckFailedException":
+                        raise NotYours(f"step {write.id} is in another thread") from None
+                    raise
             if (first_write and not touched) or text is not None:
                 await self._touch_thread(write, actor, text, may_create=first_write,
                                          bump=write.created and not touched)
                 self.digests.appended(write.id, text)
-                if stored is None and not touched:
-                    await self.table.call("put_item", operation, ids, journaled=True, TableName=self.table.name,
-                                          Item=serialize({**locator_key("STEP", write.id),
-                                                          "threadId": write.thread_id}))
                 touched = touched or first_write
             if stored is not None and item == stored:
                 return []

@@ -22,7 +22,7 @@ from typing import Any, cast
 from chainlit.logger import logger as chainlit_logger
 from chainlit.types import Feedback, ThreadDict
 from chainlit.user import PersistedUser
-from sqlalchemy import and_, case, delete, exists, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, exists, func, or_, select, text, true, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,11 +30,13 @@ from sqlalchemy.sql import ColumnElement
 
 from .. import migrations
 from ..base import PersistentDataLayer
-from ..errors import DataLayerError
+from ..errors import DataLayerError, NotFound, NotYours, RequestError
 from ..timestamps import utc_now
 from ..writes import StepWrite, ThreadWrite
+from . import nul
 from .failures import TRANSIENT, failure_kind
 from .schema import elements, feedbacks, steps, threads, users
+from .sessions import SQLSessionRevocations
 from .upserts import (
     StatementCache,
     element_upsert,
@@ -72,7 +74,7 @@ def _step_dict(row) -> dict:
     return data
 
 
-class SQLAlchemyDataLayer(PersistentDataLayer):
+class SQLAlchemyDataLayer(SQLSessionRevocations, PersistentDataLayer):
     """Chainlit data layer on SQLAlchemy. Public constructor: pass a URL, or use `from_url`."""
 
     logger = chainlit_logger.getChild("SQLAlchemy")
@@ -208,11 +210,17 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
             # The thread first: it must exist (a step may be the thread's first write) and
             # gets an owner here if it has none.
             for prepared in step_write(self.dialect, write, actor):
-                await conn.execute(*self.statements.statement(prepared))
+                result = await conn.execute(*self.statements.statement(prepared))
+            if self.dialect in ("postgresql", "sqlite"):
+                return result.first() is not None  # RETURNING: no row, the step is another thread's
+            stored = select(steps.c.threadId).where(steps.c.id == write.id)
+            return (await conn.execute(stored)).scalar() == write.thread_id
 
         operation = "create_step" if write.created else "update_step"
-        await self._run(operation, work, journaled=True, autocommit=self.dialect == "postgresql",
-                        step_id=write.id, thread_id=write.thread_id)
+        # No step of another thread was changed: the guarded upsert left it alone.
+        if not await self._run(operation, work, journaled=True, autocommit=self.dialect == "postgresql",
+                               step_id=write.id, thread_id=write.thread_id):
+            raise NotYours(f"step {write.id} is in another thread")
 
     async def _delete_rows(self, operation: str, element_filter, statements, journaled: bool = False,
                            **ids) -> list[str]:
@@ -229,11 +237,16 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         return await self._run(operation, work, journaled, **ids)
 
     async def _remove_step(self, step_id: str, thread_hint: str | None) -> list[str]:
+        # Only in the thread the write was checked against (its owner's): a step id sent by
+        # a client never reaches into another thread.
+        def in_thread(table):
+            return table.c.threadId == thread_hint if thread_hint else true()
+
         return await self._delete_rows(
-            "delete_step", elements.c.forId == step_id,
-            [delete(feedbacks).where(feedbacks.c.forId == step_id),
-             delete(elements).where(elements.c.forId == step_id),
-             delete(steps).where(steps.c.id == step_id)],
+            "delete_step", and_(elements.c.forId == step_id, in_thread(elements)),
+            [delete(feedbacks).where(feedbacks.c.forId == step_id, in_thread(feedbacks)),
+             delete(elements).where(elements.c.forId == step_id, in_thread(elements)),
+             delete(steps).where(steps.c.id == step_id, in_thread(steps))],
             journaled=True, step_id=step_id)
 
     async def _write_element(self, row: dict, actor: str | None) -> list[str]:
@@ -257,8 +270,9 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         query = select(AUTHOR).select_from(THREAD_WITH_USER).where(threads.c.id == thread_id)
         return (await conn.execute(query)).scalar()
 
-    async def _thread_author(self, thread_id: str) -> str | None:
-        return await self._run("get_thread_author", lambda conn: self._author(conn, thread_id), thread_id=thread_id)
+    async def _thread_author(self, thread_id: str, journaled: bool = False) -> str | None:
+        return await self._run("get_thread_author", lambda conn: self._author(conn, thread_id), journaled,
+                               thread_id=thread_id)
 
     async def _remove_thread(self, thread_id: str) -> list[str]:
         return await self._delete_rows(
@@ -278,13 +292,12 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         if position is not None:
             updated, last_id = position.get("u"), position.get("i")
             if not isinstance(updated, str) or not isinstance(last_id, str):
-                raise ValueError("invalid pagination cursor")
+                raise RequestError("invalid pagination cursor: start again from the first page")
             query = query.where(or_(threads.c.updatedAt < updated,
                                     and_(threads.c.updatedAt == updated, threads.c.id < last_id)))
         if search:
-            pattern = _like_pattern(search)
             # Any step the user sees, as in Chainlit's own layers (tool output too).
-            step_match = func.lower(steps.c.output).like(pattern, escape="!")
+            step_match = self._contains(steps.c.output, search)
             in_steps: ColumnElement[bool]
             if self.dialect == "postgresql":
                 # Uncorrelated: PostgreSQL answers it once from the trigram index and hashes
@@ -292,7 +305,7 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
                 in_steps = threads.c.id.in_(select(steps.c.threadId).where(step_match))
             else:
                 in_steps = exists().where(steps.c.threadId == threads.c.id, step_match)
-            query = query.where(or_(func.lower(threads.c.name).like(pattern, escape="!"), in_steps))
+            query = query.where(or_(self._contains(threads.c.name, search), in_steps))
         if feedback is not None:
             query = query.where(exists().where(feedbacks.c.threadId == threads.c.id,
                                                feedbacks.c.value == int(feedback)))
@@ -311,6 +324,15 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
                             userIdentifier=r.userIdentifier, tags=r.tags, metadata=r.metadata or {},
                             steps=[], elements=[]),
                  {"u": r.updatedAt, "i": r.id}) for r in rows]
+
+    def _contains(self, column, term: str) -> ColumnElement[bool]:
+        """`column` contains `term`, ignoring case, every character literal (NUL too)."""
+        if self.dialect == "sqlite":
+            # SQLite's LIKE stops at a NUL, in the pattern and in the text; instr does not.
+            return func.instr(func.lower(column), term.lower()) > 0
+        if self.dialect == "postgresql":
+            term = nul.escape(term)  # as the text is stored; LIKE keeps the trigram indexes
+        return func.lower(column).like(_like_pattern(term), escape="!")
 
     async def _read_thread(self, thread_id: str) -> ThreadDict | None:
         async def work(conn: AsyncConnection):
@@ -366,6 +388,12 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
         row = await self._run("get_element", work, thread_id=thread_id, element_id=element_id)
         return _row_dict(row) if row is not None else None
 
+    async def _element_thread(self, element_id: str, journaled: bool = False) -> str | None:
+        async def work(conn: AsyncConnection):
+            return (await conn.execute(select(elements.c.threadId).where(elements.c.id == element_id))).scalar()
+
+        return await self._run("locate element", work, journaled, element_id=element_id)
+
     # ------------------------------------------------------------------ feedback
     async def _step_thread(self, step_id: str, thread_hint: str | None) -> str | None:
         # The step decides the thread; a client-sent threadId is never trusted here.
@@ -391,8 +419,8 @@ class SQLAlchemyDataLayer(PersistentDataLayer):
                 if feedback.id is not None:
                     # An id that exists for another message is not the caller's to move.
                     taken = (await conn.execute(select(feedbacks.c.id).where(feedbacks.c.id == feedback_id))).first()
-                    if taken is not None:
-                        raise PermissionError(f"feedback {feedback_id!r} belongs to another message")
+                    if taken is not None:  # another message's rating: not this one's to move
+                        raise NotFound("rating not found")
             feedback_id = feedback_id or str(uuid.uuid4())
             await conn.execute(feedbacks.insert().values(id=feedback_id, **values))
             return feedback_id

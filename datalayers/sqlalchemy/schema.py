@@ -11,6 +11,7 @@ is upgraded in place (see migrations/versions/0002). What we add and why:
   keep keys that newer Chainlit releases send and this schema has no column for.
 * `tags` is JSON rather than PostgreSQL's TEXT[] so every dialect stores it the same way.
 * one index per access path (sidebar, thread load, element and feedback lookups).
+* `session_revocations`: when each user's login sessions were last ended (revision 0004).
 """
 
 from __future__ import annotations
@@ -25,19 +26,21 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    Text,
 )
 from sqlalchemy.dialects import mysql, postgresql
 
 # Chainlit's documented PostgreSQL DDL, frozen with the migrations (revision 0001 runs it);
 # re-exported for the upgrade test and the benchmarks, which seed "a Chainlit database".
 from ..migrations.chainlit_reference import CHAINLIT_POSTGRES_DDL  # noqa: F401
+from .nul import NulSafeString, NulSafeText
 
-ID = String(255)
+# Text columns escape NUL on PostgreSQL, whose text type cannot hold it (nul.py).
+ID = NulSafeString(255)
 TIMESTAMP = String(32)
-SHORT = String(255)
+SHORT = NulSafeString(255)
 # MySQL's TEXT holds only 64 KB; a long LLM answer must not fail the insert.
-LONG_TEXT = Text().with_variant(mysql.LONGTEXT(), "mysql")
+LONG_TEXT = NulSafeText().with_variant(mysql.LONGTEXT(), "mysql")
+# JSON documents escape NUL on PostgreSQL in the engine's serializer (url.py).
 JSON_DOC = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 metadata = MetaData()
@@ -133,7 +136,17 @@ feedbacks = _table(
     Index("ix_feedbacks_thread_value", "threadId", "value"),
 )
 
-TABLES = (users, threads, steps, elements, feedbacks)
+# Login sessions of a user issued before `revokedAt` are refused (logout, password change,
+# removal). Keyed by identifier, not users.id: a user removed from the users file, or never
+# persisted, can still have live tokens. Its own table: a login rewrites the users row.
+session_revocations = _table(
+    "session_revocations",
+    Column("userIdentifier", SHORT, primary_key=True),
+    Column("revokedAt", TIMESTAMP, nullable=False),
+    Column("reason", SHORT),
+)
+
+TABLES = (users, threads, steps, elements, feedbacks, session_revocations)
 
 
 # PostgreSQL-only trigram indexes for case-insensitive substring search (migration 0003).

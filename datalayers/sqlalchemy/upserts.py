@@ -32,6 +32,7 @@ from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import JSON
 
 from ..writes import STEP_DEFAULTS, StepWrite, ThreadWrite, merge_changes
+from .nul import NulSafeText
 from .schema import elements, steps, threads, users
 
 STEP_COLUMNS = frozenset(c.name for c in steps.columns) - {"extra"}
@@ -131,7 +132,8 @@ def json_merge(dialect: str, column, prefix: str, shape: tuple[bool, bool, bool]
         expr: ColumnElement = case((func.jsonb_typeof(column) == "object", column),
                                    else_=bindparam(f"{prefix}_empty", type_=kind))
         if touched:
-            expr = expr.op("-", return_type=kind)(bindparam(f"{prefix}_touched", type_=postgresql.ARRAY(Text)))
+            # The keys as stored: escaped like the document's (nul.py).
+            expr = expr.op("-", return_type=kind)(bindparam(f"{prefix}_touched", type_=postgresql.ARRAY(NulSafeText())))
         if sets:
             expr = expr.op("||", return_type=kind)(bindparam(f"{prefix}_set", type_=kind))
         if fills:
@@ -197,9 +199,27 @@ def step_upsert(dialect: str, write: StepWrite) -> Prepared:
                 changes["extra"] = json_merge(dialect, steps.c.extra, "x", extra_shape)
             return changes
 
-        return upsert(dialect, steps, values, [steps.c.id], updates)
+        return guarded_step_upsert(dialect, values, updates)
 
     return key, build, params
+
+
+def guarded_step_upsert(dialect: str, values: dict[str, Any], updates: Callable[[Any], dict]):
+    """The step upsert, which never changes a step stored in another thread: a client chooses
+    the ids of the messages it sends, so a write may name another user's step. On SQLite and
+    PostgreSQL the statement returns the step's id only when it wrote it; on MySQL the
+    caller reads the stored step's thread in the same transaction (no RETURNING there)."""
+    statement = _insert(dialect)(steps).values(**values)
+    if dialect in ("postgresql", "sqlite"):
+        new = statement.excluded
+        # Nothing to change still "updates" the id to itself, so the row comes back.
+        changes = updates(new) or {"id": steps.c.id}
+        return statement.on_conflict_do_update(index_elements=[steps.c.id], set_=changes,
+                                               where=steps.c.threadId == new.threadId).returning(steps.c.id)
+    new = statement.inserted
+    same_thread = steps.c.threadId == new.threadId
+    changes = {name: case((same_thread, value), else_=steps.c[name]) for name, value in updates(new).items()}
+    return statement.on_duplicate_key_update(changes or {"id": steps.c.id})
 
 
 def thread_touch(dialect: str, thread_id: str, actor: str | None, now: str, bump: bool) -> Prepared:

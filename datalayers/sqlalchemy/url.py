@@ -9,6 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from . import nul
+
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
            "mysql": "mysql+aiomysql", "mariadb": "mariadb+aiomysql"}
 
@@ -39,8 +41,13 @@ def build_engine(url: str, options: dict[str, Any] | None = None) -> AsyncEngine
     # exception messages (errors still name the operation and ids). No pre-ping (a round
     # trip before every transaction): a connection the server dropped fails once, is
     # invalidated with the rest of the pool, and the operation is retried.
-    engine = create_async_engine(url, **{"hide_parameters": True, **(options or {})})
-    if make_url(url).get_backend_name() == "sqlite":
+    defaults: dict[str, Any] = {"hide_parameters": True}
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
+        # jsonb cannot hold NUL either: documents are escaped like text columns.
+        defaults.update(json_serializer=nul.dumps, json_deserializer=nul.loads)
+    engine = create_async_engine(url, **{**defaults, **(options or {})})
+    if backend == "sqlite":
         _configure_sqlite(engine)
     return engine
 

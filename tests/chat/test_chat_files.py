@@ -42,3 +42,29 @@ def test_binary_files_are_named_not_dumped():
     assert block == "[Attached file: photo.png (image/png, 10 bytes); its content is not text and is not shown.]"
     # A "text" name with binary bytes is not decoded either.
     assert "not text" in describe_attachment("x.txt", "text/plain", b"ab\x00cd", 1000)
+
+
+def test_each_instance_keeps_its_uploads_in_a_folder_of_its_own(tmp_path, monkeypatch):
+    import os
+    import time
+
+    import chainlit.config
+    import chainlit.server
+
+    from chat.files import STALE_UPLOADS_SECONDS, keep_uploads_in
+
+    monkeypatch.setattr(chainlit.config, "FILES_DIRECTORY", chainlit.config.FILES_DIRECTORY)
+    monkeypatch.setattr(chainlit.server, "FILES_DIRECTORY", chainlit.server.FILES_DIRECTORY)
+    crashed = tmp_path / "uploads" / "123-dead"
+    (crashed / "session").mkdir(parents=True)
+    old = time.time() - STALE_UPLOADS_SECONDS - 60
+    os.utime(crashed, (old, old))
+    running = tmp_path / "uploads" / "456-alive"
+    running.mkdir()
+
+    own = keep_uploads_in(tmp_path / "uploads")
+    assert chainlit.config.FILES_DIRECTORY == own == chainlit.server.FILES_DIRECTORY
+    assert own.parent == tmp_path / "uploads" and own.name.startswith(f"{os.getpid()}-")
+    assert (own.stat().st_mode & 0o777) == 0o700
+    assert not crashed.exists() and running.exists()  # another instance's recent folder is kept
+    assert keep_uploads_in(tmp_path / "uploads") != own  # never shared, even within one host

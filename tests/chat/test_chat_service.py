@@ -15,6 +15,7 @@ from chainlit.session import HTTPSession
 
 from chat.providers import LangChainProvider, OfflineProvider, OpenAIProvider
 from chat.service import ChatService
+from chat.webui import AVATAR_NAME
 from settings import load_settings
 from tests.servers.openai_compat import Fail, Reply, Stall, count_tokens
 
@@ -335,7 +336,8 @@ async def test_offline_provider_answers_labelled_without_titles(stack, open_chat
     chat = open_chat(service)
     await service.start()
     answer = await chat.say("anyone there?")
-    assert answer.author == "Assistant (offline)"
+    assert answer.author == "Offline assistant"
+    assert AVATAR_NAME.match(answer.author)  # else the browser's /avatars/<author> answers 400
     assert answer.content.startswith("**Offline mode**")
     thread = await chat.thread()
     assert thread["name"] == "anyone there?"

@@ -83,6 +83,9 @@ def test_first_admin_password_from_setting_is_not_printed(tmp_path):
     assert store.ensure_default_admin(tmp_path, "chosen-password", out=out) == "chosen-password"
     assert out.getvalue() == ""
     assert store.authenticate("admin", "chosen-password") is not None
+    # Given by the operator: written nowhere (the users file holds only its hash).
+    assert not (tmp_path / "admin_password.txt").exists()
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and b"chosen-password" in p.read_bytes()] == []
 
 
 def test_no_default_admin_when_users_are_defined_in_the_environment(tmp_path):
@@ -111,3 +114,62 @@ def test_cli_add_list_remove(tmp_path):
     assert verify_password("another-password", hashed.stdout.strip())
     assert run("remove", "frank").returncode == 0
     assert run("remove", "frank").returncode == 1
+
+
+def _users_cli(env: dict, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chat.users", *args], input=stdin, capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+async def _revoked_at(database_url: str, name: str):
+    from datalayers.sqlalchemy import SQLAlchemyDataLayer
+
+    layer = SQLAlchemyDataLayer(database_url)
+    try:
+        return await layer.sessions_revoked_at(name)
+    finally:
+        await layer.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_cli_password_change_remove_and_logout_end_sessions_in_the_apps_database(backend, sql_url_factory,
+                                                                                     tmp_path):
+    """The CLI runs in its own process: it writes the revocation to the database the app
+    reads (DATABASE_URL, or the SQLite file in the data folder)."""
+    url = sql_url_factory(backend) if backend == "postgresql" else None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DATABASE_", "STORAGE_", "WRITE_JOURNAL"))}
+    env.update({"APP_DATA_DIR": str(tmp_path / "data"), "CHAINLIT_AUTH_SECRET": "x" * 32,
+                **({"DATABASE_URL": url} if url else {})})
+    url = url or f"sqlite+aiosqlite:///{tmp_path / 'data' / 'chainlit.db'}"
+
+    added = _users_cli(env, "add", "hank", "--password-stdin", stdin="first-password\n")
+    assert added.returncode == 0, added.stderr
+    assert "ended" not in added.stdout  # a new user has no sessions to end
+    changed = _users_cli(env, "add", "hank", "--password-stdin", stdin="second-password\n")
+    assert changed.returncode == 0, changed.stderr
+    assert "ended every session of 'hank'" in changed.stdout
+    first = await _revoked_at(url, "hank")
+    assert first is not None
+    assert _users_cli(env, "logout", "hank").returncode == 0
+    second = await _revoked_at(url, "hank")
+    assert second > first
+    removed = _users_cli(env, "remove", "hank")
+    assert removed.returncode == 0 and "ended every session of 'hank'" in removed.stdout
+    assert await _revoked_at(url, "hank") > second
+    assert not (tmp_path / "data" / "journal.sqlite3").exists()  # the app's journal is the app's
+    for path in [tmp_path / "data", *(tmp_path / "data").rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_cli_says_when_sessions_could_not_be_ended(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APP_", "DATABASE_", "STORAGE_", "WRITE_JOURNAL"))}
+    env.update({"APP_DATA_DIR": str(tmp_path), "CHAINLIT_AUTH_SECRET": "x" * 32,
+                "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})  # nothing listens on port 1
+    assert _users_cli(env, "add", "ivy", "--password-stdin", stdin="first-password\n").returncode == 0
+    changed = _users_cli(env, "add", "ivy", "--password-stdin", stdin="second-password\n")
+    assert changed.returncode == 1
+    assert "could not end the sessions of 'ivy'" in changed.stderr
+    assert "python -m chat.users logout ivy" in changed.stderr
+    # The new password is in force all the same.
+    assert UserStore(tmp_path / "users.toml").authenticate("ivy", "second-password") is not None
+

@@ -576,3 +576,353 @@ class DataLayerContract:
     # ------------------------------------------------------------------ misc
     async def test_build_debug_url_is_a_string(self, datalayer):
         assert isinstance(await datalayer.build_debug_url(), str)
+
+    # ------------------------------------------------------------------ element ownership and blobs
+    # Writes by element id (create over an existing id, update, delete) belong to the owner
+    # of the thread: another user who learnt an id (a shared thread shows them) is refused
+    # before anything is stored, and the owner's element and blob stay as they were.
+    async def owned_element(self, datalayer, user, content: bytes = b"owner's bytes"):
+        thread_id = await self.new_thread(datalayer, user)
+        message = step(thread_id)
+        await datalayer.create_step(message)
+        element = File(name="plan.txt", content=content, thread_id=thread_id, for_id=message["id"], mime="text/plain")
+        token = request_user.set(user.identifier)
+        try:
+            await datalayer.create_element(element)
+        finally:
+            request_user.reset(token)
+        stored = await datalayer.get_element(thread_id, element.id)
+        return thread_id, element, stored["objectKey"]
+
+    @staticmethod
+    def acting_as(identifier: str):
+        class Acting:
+            def __enter__(self):
+                self.token = request_user.set(identifier)
+
+            def __exit__(self, *exc):
+                request_user.reset(self.token)
+
+        return Acting()
+
+    async def test_another_user_cannot_delete_an_element_by_id(self, datalayer, user):
+        from datalayers.errors import NotYours
+
+        thread_id, element, key = await self.owned_element(datalayer, user)
+        with self.acting_as(f"intruder-{new_id()}"):
+            for thread_hint in (thread_id, None, ""):
+                with pytest.raises(NotYours) as refused:
+                    await datalayer.delete_element(element.id, thread_hint)
+                assert isinstance(refused.value, PermissionError) and "not found" in str(refused.value)
+            with pytest.raises(NotYours):
+                await datalayer.check_element_write(element.id, None)
+        await datalayer.flush()
+        assert (await datalayer.get_element(thread_id, element.id))["objectKey"] == key
+        assert await datalayer.storage.read_file(key) == b"owner's bytes"
+
+    async def test_another_user_cannot_replace_an_element_by_id(self, datalayer, user):
+        from datalayers.errors import NotYours
+        from storage.base import element_object_key
+
+        thread_id, element, key = await self.owned_element(datalayer, user)
+        intruder = await datalayer.create_user(User(identifier=f"intruder-{new_id()}"))
+        own_thread = await self.new_thread(datalayer, intruder)
+        with self.acting_as(intruder.identifier):
+            for target in (thread_id, own_thread):  # into the owner's thread, or moved into theirs
+                forged = File(id=element.id, name="plan.txt", content=b"forged", thread_id=target,
+                              for_id=element.for_id, mime="text/plain")
+                with pytest.raises(NotYours):
+                    await datalayer.create_element(forged)
+                await self.assert_blob_gone(datalayer, element_object_key(intruder.identifier, target, element.id,
+                                                                          "plan.txt"))
+            with pytest.raises(NotYours):  # nor write into the owner's thread under a new id
+                await datalayer.create_element(File(name="x.txt", content=b"x", thread_id=thread_id, mime="text/plain"))
+        await datalayer.flush()
+        assert [e["id"] for e in (await datalayer.get_thread(thread_id))["elements"]] == [element.id]
+        assert (await datalayer.get_element(thread_id, element.id))["objectKey"] == key
+        assert await datalayer.get_element(own_thread, element.id) is None
+        assert await datalayer.storage.read_file(key) == b"owner's bytes"
+
+    async def test_the_owner_still_updates_and_deletes_their_elements(self, datalayer, user):
+        thread_id, element, key = await self.owned_element(datalayer, user)
+        with self.acting_as(user.identifier):
+            await datalayer.check_element_write(element.id, thread_id)
+            element.content = b"second version"
+            await datalayer.create_element(element)
+            assert await datalayer.storage.read_file(key) == b"second version"
+            await datalayer.delete_element(element.id, thread_id)
+        assert await datalayer.get_element(thread_id, element.id) is None
+        await self.assert_blob_gone(datalayer, key)
+
+    async def test_ownership_unknown_at_write_time_is_checked_when_applied(self, datalayer, user, monkeypatch):
+        """The database could not be asked (an outage): the write is journaled and the
+        check runs when it is applied, which refuses it and removes its blob."""
+        from storage.base import element_object_key
+
+        thread_id, element, key = await self.owned_element(datalayer, user)
+        intruder = f"intruder-{new_id()}"
+        real_element_thread = datalayer._element_thread
+        unreachable = {"left": 1}
+
+        async def element_thread_once_unreachable(element_id, journaled=False):
+            if unreachable["left"]:
+                unreachable["left"] -= 1
+                raise ConnectionError("database unreachable")
+            return await real_element_thread(element_id, journaled)
+
+        monkeypatch.setattr(datalayer, "_element_thread", element_thread_once_unreachable)
+        forged = File(id=element.id, name="plan.txt", content=b"forged", thread_id=thread_id,
+                      for_id=element.for_id, mime="text/plain")
+        with self.acting_as(intruder):
+            await datalayer.create_element(forged)  # journaled, not yet checked
+        await datalayer.flush()
+        assert unreachable["left"] == 0
+        assert (await datalayer.get_element(thread_id, element.id))["objectKey"] == key
+        assert await datalayer.storage.read_file(key) == b"owner's bytes"
+        await self.assert_blob_gone(datalayer, element_object_key(intruder, thread_id, element.id, "plan.txt"))
+
+    async def test_a_declared_type_that_does_not_parse_is_stored_as_bytes(self, datalayer, user):
+        thread_id = await self.new_thread(datalayer, user)
+        image = Image(name="x.png", content=b"<script>alert(1)</script>", thread_id=thread_id, for_id=new_id(),
+                      mime="image/png,text/html")
+        await datalayer.create_element(image)
+        stored = await datalayer.get_element(thread_id, image.id)
+        assert stored["mime"] == "application/octet-stream"
+        assert stored["type"] == "file"  # no longer shown as a picture
+        clean = Image(name="y.png", content=b"\x89PNG", thread_id=thread_id, for_id=new_id(), mime="IMAGE/PNG")
+        await datalayer.create_element(clean)
+        stored = await datalayer.get_element(thread_id, clean.id)
+        assert stored["mime"] == "image/png" and stored["type"] == "image"
+
+    async def test_a_refused_element_row_leaves_no_blob(self, datalayer, user, monkeypatch):
+        thread_id = await self.new_thread(datalayer, user)
+        element = File(name="r.txt", content=b"row refused", thread_id=thread_id, for_id=new_id(), mime="text/plain")
+
+        async def refusing_write(row, actor):
+            raise ValueError("the database refused the row")
+
+        monkeypatch.setattr(datalayer, "_write_element", refusing_write)
+        rejected_before = datalayer.writes.rejected
+        await datalayer.create_element(element)  # the row is journaled; applying it fails for good
+        await datalayer.flush()
+        monkeypatch.undo()
+        await datalayer.flush()
+        assert datalayer.writes.rejected == rejected_before + 1
+        datalayer.writes.rejected = rejected_before  # the layer is shared: leave its count as found
+        assert await datalayer.get_element(thread_id, element.id) is None
+        await self.assert_blob_gone(datalayer, f"{user.identifier}/{thread_id}/{element.id}/r.txt")
+
+    async def test_thread_delete_with_a_failing_blob_store_succeeds_and_retries_until_done(self, datalayer, user):
+        import time
+
+        thread_id, element, key = await self.owned_element(datalayer, user)
+        other_thread = await self.new_thread(datalayer, user, name="unrelated")
+        storage = datalayer.storage
+        real_delete_files = storage.delete_files
+        attempts = []
+
+        async def failing_delete_files(keys):
+            attempts.append(list(keys))
+            raise OSError("blob store unavailable")
+
+        datalayer.attachments.retry_first_seconds = 0.05
+        storage.delete_files = failing_delete_files
+        try:
+            await datalayer.delete_thread(thread_id)  # the rows go; the blob is retried
+            assert await datalayer.get_thread(thread_id) is None
+            assert await datalayer.storage.read_file(key) == b"owner's bytes"
+            for _ in range(100):
+                if len(attempts) >= 4:  # the first attempt, then retries: not given up
+                    break
+                await asyncio.sleep(0.05)
+            assert len(attempts) >= 4
+            # Nothing else waits for the cleanup: the user's threads, the deleted id itself.
+            started = time.monotonic()
+            assert other_thread in await self.list_all(datalayer, user)
+            assert await datalayer.get_thread_author(thread_id) == ""
+            await datalayer.create_step(step(other_thread, output="still saving"))
+            assert datalayer.pending(other_thread)[0] <= 1
+            assert time.monotonic() - started < 2
+            await datalayer.delete_thread(thread_id)  # deleting again is harmless
+        finally:
+            storage.delete_files = real_delete_files
+        assert await datalayer.flush(timeout=10)
+        await self.assert_blob_gone(datalayer, key)
+
+    # ------------------------------------------------------------------ hostile input: NUL, ids, cursors
+    async def test_nul_bytes_round_trip_in_every_text_and_document(self, datalayer, user):
+        nul = "before\x00after"
+        # The escape's own mark (U+FDD0), a mark followed by "0", and backslashes must come
+        # back exactly too, on the backend that escapes.
+        tricky = "\ufdd0 \ufdd00 \\u0000 \\\x00 \ufdd0\x00"
+        thread_id = await self.new_thread(datalayer, user, name=f"name {nul}",
+                                          metadata={f"key{nul}": nul, "nested": {"list": [nul, tricky]}},
+                                          tags=[nul])
+        message = step(thread_id, type="user_message", name=f"me{nul}", input=nul, output=f"{nul} {tricky}",
+                       metadata={nul: tricky, "plain": "x"})
+        await datalayer.create_step(message)
+        await datalayer.update_step({**message, "output": f"edited {nul}", "metadata": {nul: None, "k": tricky}})
+        await datalayer.upsert_feedback(Feedback(forId=message["id"], threadId=thread_id, value=1, comment=nul))
+
+        thread = await datalayer.get_thread(thread_id)
+        assert thread["name"] == f"name {nul}" and thread["tags"] == [nul]
+        assert thread["metadata"][f"key{nul}"] == nul and thread["metadata"]["nested"] == {"list": [nul, tricky]}
+        stored = thread["steps"][0]
+        assert stored["output"] == f"edited {nul}" and stored["input"] == nul and stored["name"] == f"me{nul}"
+        assert stored["metadata"] == {"plain": "x", "k": tricky}
+        assert stored["feedback"]["comment"] == nul
+        listed = (await datalayer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id))).data
+        assert [t["name"] for t in listed if t["id"] == thread_id] == [f"name {nul}"]
+
+    async def test_search_treats_nul_as_a_character(self, datalayer, user):
+        with_nul = await self.new_thread(datalayer, user, name="plain name")
+        await datalayer.create_step(step(with_nul, type="user_message", output="head\x00Tail words"))
+        named = await self.new_thread(datalayer, user, name="a\x00b")
+        await self.new_thread(datalayer, user, name="nothing special")
+        assert sorted(await self.list_all(datalayer, user, search="\x00")) == sorted([with_nul, named])
+        assert await self.list_all(datalayer, user, search="d\x00t") == [with_nul]
+        assert await self.list_all(datalayer, user, search="TAIL WORDS") == [with_nul]  # text after a NUL
+        assert await self.list_all(datalayer, user, search="\x00\x00") == []
+
+    async def test_ids_over_the_limit_or_with_nul_are_refused_or_not_found(self, datalayer, user):
+        from datalayers.errors import NotFound, RequestError
+        from datalayers.writes import MAX_ID_LENGTH
+
+        longest = "t" * MAX_ID_LENGTH
+        await datalayer.update_thread(longest, name="longest id", user_id=user.id)
+        await datalayer.create_step(step(longest, "s" * MAX_ID_LENGTH, output="kept"))
+        assert (await datalayer.get_thread(longest))["steps"][0]["output"] == "kept"
+        for bad in ("x" * (MAX_ID_LENGTH + 1), "a\x00b", "\x00"):
+            with pytest.raises(RequestError):
+                await datalayer.update_thread(bad, name="never stored", user_id=user.id)
+            with pytest.raises(RequestError):
+                await datalayer.create_step(step(bad))
+            with pytest.raises(RequestError):
+                await datalayer.create_step(step(longest, bad))
+            with pytest.raises(RequestError):
+                await datalayer.upsert_feedback(Feedback(forId=bad, value=1))
+            assert await datalayer.get_thread(bad) is None
+            assert await datalayer.get_thread_author(bad) == ""
+            assert await datalayer.delete_feedback(bad) is False
+            with pytest.raises(NotFound):
+                await datalayer.delete_thread(bad)
+        assert [s["output"] for s in (await datalayer.get_thread(longest))["steps"]] == ["kept"]
+        assert datalayer.writes.rejected == 0  # refused before the journal, never by the database
+
+    async def test_malformed_cursors_page_sizes_and_filters_are_request_errors(self, datalayer, user):
+        from datalayers.errors import RequestError
+        from datalayers.paging import MAX_SEARCH_LENGTH
+
+        for _ in range(3):
+            await self.new_thread(datalayer, user)
+        page = await datalayer.list_threads(Pagination(first=1), ThreadFilter(userId=user.id))
+        cursor = page.pageInfo.endCursor
+        other = await datalayer.create_user(User(identifier=f"other-{new_id()}"))
+        forged = ["garbage", "", ".", "a.b.c", "é.é", "\x00.\x00", cursor + "\ud800", cursor[:-1], "x" * 100_000,
+                  cursor.split(".")[0] + "." + "A" * 22]
+        for bad in forged:
+            if bad == "":
+                continue  # an empty cursor is the first page
+            with pytest.raises(RequestError):
+                await datalayer.list_threads(Pagination(first=1, cursor=bad), ThreadFilter(userId=user.id))
+        with pytest.raises(RequestError):  # a cursor of another user's listing
+            await datalayer.list_threads(Pagination(first=1, cursor=cursor), ThreadFilter(userId=other.id))
+        for first in (0, -1, -(10**30)):
+            with pytest.raises(RequestError):
+                await datalayer.list_threads(Pagination(first=first), ThreadFilter(userId=user.id))
+        with pytest.raises(RequestError):
+            await datalayer.list_threads(Pagination(first=5), ThreadFilter(userId=user.id,
+                                                                          search="x" * (MAX_SEARCH_LENGTH + 1)))
+        odd = ThreadFilter(userId=user.id)
+        odd.feedback = 5  # bypass pydantic, as a raw payload could
+        with pytest.raises(RequestError):
+            await datalayer.list_threads(Pagination(first=5), odd)
+        assert len(await self.list_all(datalayer, user)) == 3  # nothing was lost
+
+    # ------------------------------------------------------------------ ownership of feedback and steps
+    async def _shared_thread_and_intruder(self, datalayer, user):
+        thread_id = await self.new_thread(datalayer, user, metadata={"is_shared": True})
+        owners = step(thread_id, output="the owner's words")
+        await datalayer.create_step(owners)
+        rating = await datalayer.upsert_feedback(Feedback(forId=owners["id"], threadId=thread_id, value=1,
+                                                          comment="mine"))
+        intruder = await datalayer.create_user(User(identifier=f"intruder-{new_id()}"))
+        own_thread = await self.new_thread(datalayer, intruder)
+        own_step = step(own_thread, output="the intruder's own")
+        token = request_user.set(intruder.identifier)
+        try:
+            await datalayer.create_step(own_step)
+        finally:
+            request_user.reset(token)
+        return thread_id, owners, rating, intruder, own_thread, own_step
+
+    async def test_feedback_by_another_users_id_or_step_is_refused_as_not_found(self, datalayer, user):
+        from datalayers.errors import NotFound
+
+        thread_id, owners, rating, intruder, own_thread, own_step = await self._shared_thread_and_intruder(
+            datalayer, user)
+        token = request_user.set(intruder.identifier)
+        try:
+            with pytest.raises(NotFound):  # the owner's rating id, on the intruder's own message
+                await datalayer.upsert_feedback(Feedback(id=rating, forId=own_step["id"], threadId=own_thread,
+                                                         value=0))
+            with pytest.raises(NotFound):  # the owner's message
+                await datalayer.upsert_feedback(Feedback(forId=owners["id"], threadId=thread_id, value=0))
+            with pytest.raises(NotFound):
+                await datalayer.upsert_feedback(Feedback(forId=owners["id"], threadId=own_thread, value=0))
+            with pytest.raises(NotFound):
+                await datalayer.delete_feedback(rating)
+            with pytest.raises(NotFound):  # an id that exists nowhere
+                await datalayer.upsert_feedback(Feedback(id=new_id(), forId=own_step["id"], value=1))
+            assert await datalayer.delete_feedback(new_id()) is False
+            mine = await datalayer.upsert_feedback(Feedback(forId=own_step["id"], threadId=own_thread, value=0))
+            assert mine != rating
+        finally:
+            request_user.reset(token)
+        kept = (await datalayer.get_thread(thread_id))["steps"][0]["feedback"]
+        assert kept["id"] == rating and kept["value"] == 1 and kept["comment"] == "mine"
+        assert (await datalayer.get_thread(own_thread))["steps"][0]["feedback"]["value"] == 0
+
+    async def test_step_writes_into_another_users_thread_are_refused_and_logged(self, datalayer, user, caplog):
+        import logging
+
+        thread_id, owners, rating, intruder, own_thread, own_step = await self._shared_thread_and_intruder(
+            datalayer, user)
+        before = await datalayer.get_thread(thread_id)
+        token = request_user.set(intruder.identifier)
+        try:
+            with caplog.at_level(logging.WARNING, logger="chainlit"):
+                # The thread by id (as a socket session of that thread would).
+                await datalayer.create_step(step(thread_id, output="planted"))
+                await datalayer.update_step({**owners, "output": "overwritten"})
+                await datalayer.update_thread(thread_id, name="taken over", metadata={"is_shared": False})
+                await datalayer.delete_step(owners["id"])
+                # The owner's step id, written into the intruder's own thread (a client
+                # chooses the ids of the messages it sends).
+                await datalayer.create_step({**owners, "threadId": own_thread, "output": "hijacked"})
+                await datalayer.update_step({**owners, "threadId": own_thread, "output": "hijacked again",
+                                             "metadata": {"favorite": True}})
+                await datalayer.flush(10)
+                await datalayer.delete_step(owners["id"])
+                await datalayer.flush(10)
+        finally:
+            request_user.reset(token)
+        after = await datalayer.get_thread(thread_id)
+        assert after["name"] == before["name"] and after["metadata"] == before["metadata"]
+        assert after["steps"] == before["steps"]  # content, rating, nothing added or removed
+        assert [s["id"] for s in (await datalayer.get_thread(own_thread))["steps"]] == [own_step["id"]]
+        assert datalayer.writes.rejected == 0  # refused, not failed
+        refusals = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                    and "refused" in r.getMessage()]
+        assert len(refusals) >= 6, refusals
+        assert all(intruder.identifier in m for m in refusals)
+        assert sum(thread_id in m for m in refusals) >= 4
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        # The owner's rating still finds its message, and the owner still writes.
+        token = request_user.set(user.identifier)
+        try:
+            assert await datalayer.upsert_feedback(Feedback(forId=owners["id"], threadId=thread_id, value=0)) == rating
+            await datalayer.update_step({**owners, "output": "the owner edits"})
+        finally:
+            request_user.reset(token)
+        assert (await datalayer.get_thread(thread_id))["steps"][0]["output"] == "the owner edits"

@@ -220,8 +220,10 @@ class StorageContract:
         await storage.upload_file(key, b"soon gone")
         url = await storage.get_read_url(key)
         await storage.delete_file(key)
-        status, _ = await fetch_url(url)
-        assert status == 404
+        status, body = await fetch_url(url)
+        # S3 answers 403 instead of 404 to a caller who may not list the bucket (and moto
+        # does for a link that sets the response headers); either way nothing is served.
+        assert status in (403, 404) and body != b"soon gone"
 
     async def test_tampered_url_refused(self, storage, fetch_url, verifies_signatures):
         if not verifies_signatures:

@@ -577,11 +577,15 @@ def unreachable(kwargs):
 
 
 async def _warm(layer, client):
-    """A signed-in user with a thread, its identifier cached and connections open, as after
-    the first message of a session; the counts are cleared."""
+    """A signed-in user with a thread, its identifier and the thread's owner cached and
+    connections open, as after the first message of a session; the counts are cleared."""
     user = await layer.create_user(User(identifier=f"counted-{new_id()}"))
     thread_id = await _thread(layer, user, name="counted")
-    await _chat(layer, thread_id, "warm", "up")
+    token = request_user.set(user.identifier)
+    try:
+        await _chat(layer, thread_id, "warm", "up")
+    finally:
+        request_user.reset(token)
     await layer.flush()
     await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user.id))
     client.calls.clear()
@@ -616,6 +620,47 @@ async def test_a_chat_turn_costs_at_most_four_requests(faulty, raw, table):
     assert await _search(layer, user, "plan is ready") == [thread_id]
     stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
     assert stored["_textSince"] == stored["createdAt"] and "_textTruncated" not in stored
+
+
+async def test_a_backlog_of_new_steps_is_one_transaction_per_thread(faulty, raw, table):
+    """Writes that wait (a burst of sessions, an outage draining) go together: one thread's
+    queued new steps are one TransactWriteItems, with the same result as one by one."""
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    token = request_user.set(user.identifier)
+    try:
+        # The database is unreachable for the first attempt: the turn's writes queue up.
+        client.faults["transact_write_items"] = [unreachable]
+        question = step(thread_id, type="user_message", output="Queued QUESTION")
+        reply = step(thread_id, type="assistant_message", output="", createdAt=timestamp(59))
+        tool = step(thread_id, type="tool", name="search", output="tool RESULT", createdAt=timestamp(58))
+        for write in (layer.create_step(question), layer.create_step(tool), layer.create_step(reply),
+                      layer.update_step({**reply, "output": "queued ANSWER"})):
+            await write
+        await layer.flush()
+        assert client.calls == {"transact_write_items": 2}, client.calls  # the failed attempt, then one
+    finally:
+        request_user.reset(token)
+    stored = {s["id"]: s for s in (await layer.get_thread(thread_id))["steps"]}
+    assert stored[question["id"]]["output"] == "Queued QUESTION"
+    assert stored[tool["id"]]["output"] == "tool RESULT"
+    assert stored[reply["id"]]["output"] == "queued ANSWER"
+    for term in ("queued question", "tool result", "queued answer"):
+        assert await _search(layer, user, term) == [thread_id]
+    for step_id in (question["id"], reply["id"]):  # located by id alone, as deletes need
+        assert await raw_item(raw, table, f"STEP#{step_id}", "LOCATOR") is not None
+
+    # One of them already stored: the batch is refused as a whole and each takes its own path.
+    client.calls.clear()
+    client.faults["transact_write_items"] = [unreachable]
+    again = step(thread_id, type="user_message", output="new one")
+    await layer.create_step(again)
+    await layer.create_step(dict(question))
+    await layer.flush()
+    # Failed, the batch refused, then one each (the stored one finds its step and changes nothing).
+    assert client.calls["transact_write_items"] == 4, client.calls
+    stored = {s["id"]: s for s in (await layer.get_thread(thread_id))["steps"]}
+    assert stored[again["id"]]["output"] == "new one" and stored[question["id"]]["output"] == "Queued QUESTION"
 
 
 async def test_a_sidebar_page_is_one_query(faulty):

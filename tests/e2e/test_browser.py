@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
@@ -297,3 +297,135 @@ async def run_story(page, app, llm, tmp_path):
     await page.reload()
     await expect(page.locator("#chat-input")).to_be_visible()
     await expect(page.locator(f'a[href$="{thread_id}"]')).to_have_count(0)
+
+
+# ---- a newcomer's first run: nothing but the app is asked for anything ----------------------
+@pytest.fixture
+def offline_app(browser_ready, tmp_path):
+    """The app as `make run` starts it on a fresh machine: SQLite, no model configured."""
+    running = RunningApp(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", None)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+class AssetWatch:
+    """Every request the page makes; what went wrong: a 4xx/5xx answer, a request that
+    failed, or one to another origin (which the browser context refuses, as a locked-down
+    network would). The one 4xx expected: before login, the page asks `/user` who is logged
+    in and gets 401."""
+
+    def __init__(self, origin: str):
+        self.origin = urlsplit(origin)
+        self.urls: list[str] = []
+        self.problems: list[str] = []
+        self.logged_in = False
+
+    def same_origin(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return parts.scheme in ("data", "blob") or (
+            parts.scheme in ("http", "ws") and parts.netloc == self.origin.netloc
+        )
+
+    def request(self, request) -> None:
+        self.urls.append(request.url)
+        if not self.same_origin(request.url):
+            self.problems.append(f"request to another origin: {request.url}")
+
+    def response(self, response) -> None:
+        if (response.status, urlsplit(response.url).path, self.logged_in) == (401, "/user", False):
+            return
+        if response.status >= 400:
+            self.problems.append(f"{response.status} for {response.request.method} {response.url}")
+
+    def failed(self, request) -> None:
+        if self.same_origin(request.url):  # another origin's abort is reported above
+            self.problems.append(f"failed: {request.method} {request.url} ({request.failure})")
+
+    def websocket(self, socket) -> None:
+        self.request(socket)
+
+
+async def test_a_newcomers_first_chat_loads_everything_from_the_app(offline_app):
+    from playwright.async_api import async_playwright, expect
+
+    app = offline_app
+    watch = AssetWatch(app.url)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = await browser.new_context(viewport={"width": 1280, "height": 1000})
+        await context.route(lambda url: not watch.same_origin(url), lambda route: route.abort())
+        context.on("request", watch.request)
+        context.on("response", watch.response)
+        context.on("requestfailed", watch.failed)
+        page = await context.new_page()
+        page.on("websocket", watch.websocket)
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            # ---- log in: the form asks for a user name ---------------------------------
+            await page.goto(f"{app.url}/login")
+            await expect(page.get_by_text("User name", exact=True)).to_be_visible()
+            await expect(page.locator("#email")).to_have_attribute("placeholder", "Your user name")
+            await expect(page.get_by_text("Email address")).to_have_count(0)
+            await page.locator("#email").fill("admin")
+            await page.locator("#password").fill(app.admin_password())
+            await page.locator('button[type="submit"]').click()
+            await expect(page.locator("#chat-input")).to_be_visible()
+            watch.logged_in = True
+
+            # ---- chat: the offline reply, with its avatar --------------------------------
+            await send(page, "Hello, I am new here")
+            reply = assistant_messages(page).last
+            await wait_for_text(reply, "Offline mode")
+            avatar = reply.locator('img[src*="/avatars/"]').first
+            await expect(avatar).to_be_visible()
+            await page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=await avatar.element_handle())
+
+            # ---- the readme names the gear --------------------------------------------------
+            await page.locator("#readme-button").click()
+            readme = page.get_by_role("dialog")
+            await wait_for_text(readme, "the gear button in the message box")
+            assert "slider" not in (await readme.inner_text()).lower()
+            await page.keyboard.press("Escape")
+            await expect(readme).to_have_count(0)
+
+            # ---- the sidebar lists the conversation ----------------------------------------
+            history = page.locator("#thread-history")
+            if not await history.is_visible():
+                await page.locator("#sidebar-trigger-button").click()
+            await wait_for_text(history, "Hello, I am new here")
+
+            # ---- New Chat says the conversation is kept -------------------------------------
+            await page.locator("#new-chat-button").click()
+            dialog = page.locator("#new-chat-dialog")
+            await wait_for_text(dialog, "Your current chat stays saved")
+            assert "clear" not in (await dialog.inner_text()).lower()
+            await dialog.get_by_role("button", name="Cancel").click()
+            await expect(dialog).to_have_count(0)
+
+            # The page's font is the app's copy of Inter, loaded.
+            inter = await page.evaluate(
+                """document.fonts.ready.then(() => [...document.fonts].filter(
+                       f => f.family.replace(/["']/g, '') === 'Inter' && f.status === 'loaded').length)"""
+            )
+            assert inter > 0, "the Inter font did not load"
+            await page.wait_for_load_state("networkidle")
+
+            # A browser set to another language gets the same corrected texts.
+            german = await (await page.request.get(f"{app.url}/project/translations?language=de-DE")).json()
+            assert german["translation"]["auth"]["login"]["form"]["email"]["label"] == "User name"
+        except Exception:
+            shot = Path(tempfile.gettempdir()) / "e2e-newcomer-failure.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot: {shot}\nrequests: {watch.urls}\n--- app log (end) ---\n{app.log_text()}")
+            raise
+        finally:
+            await browser.close()
+
+    assert watch.problems == []
+    local = [urlsplit(url).path for url in watch.urls]
+    assert "/public/vendor/inter/inter.css" in local and "/public/vendor/katex/katex.min.css" in local
+    assert any(path.startswith("/public/vendor/inter/files/") for path in local)
+    assert "/avatars/Offline%20assistant" in local

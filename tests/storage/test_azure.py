@@ -241,3 +241,32 @@ async def test_batch_delete_reports_every_failure(adls):
     assert "2 of 3 deletes failed" in str(info.value)
     with pytest.raises(ObjectNotFound):
         await adls.read_file("u/t/e/ok.txt")  # the others were still deleted
+
+
+# ---- serving policy ---------------------------------------------------------------
+
+
+async def test_a_declared_type_that_does_not_parse_is_stored_and_served_as_a_download(adls, adls_fake):
+    await adls.upload_file("u/t/e/x.png", b"<script>alert(1)</script>", "image/png, text/html")
+    stored = adls_fake.fake.files[(adls.file_system, "pre/fix/u/t/e/x.png")]
+    assert stored.content_type == "application/octet-stream"
+    assert stored.content_disposition.startswith("attachment;")
+    url = await adls.get_read_url("u/t/e/x.png", mime="application/octet-stream")
+    query = parse_qs(urlsplit(url).query)
+    assert query["rsct"] == ["application/octet-stream"] and query["rscd"][0].startswith("attachment;")
+    response = await http_fetch_response(url)
+    assert response.status_code == 200  # the fake checks the SAS signature, rsct/rscd included
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"].startswith("attachment;")
+
+
+async def test_the_sas_overrides_what_a_file_was_stored_with(adls, adls_fake):
+    """A file written by an older version, or by hand, as an inline page."""
+    await adls.upload_file("u/t/e/page.html", b"<script>1</script>", "text/plain")
+    adls_fake.fake.files[(adls.file_system, "pre/fix/u/t/e/page.html")].content_type = "text/html"
+    adls_fake.fake.files[(adls.file_system, "pre/fix/u/t/e/page.html")].content_disposition = "inline"
+    response = await http_fetch_response(await adls.get_read_url("u/t/e/page.html", mime="text/html"))
+    assert response.headers["content-type"] == "text/html"
+    assert response.headers["content-disposition"].startswith("attachment;")
+    inline = await http_fetch_response(await adls.get_read_url("u/t/e/page.html", mime="text/plain"))
+    assert inline.headers["content-disposition"].startswith("inline;")

@@ -3,7 +3,9 @@ the on-disk layout, and URL parsing."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -37,27 +39,72 @@ async def test_download_headers(local):
         "inline; filename=\"rapport _t_.txt\"; filename*=UTF-8''rapport%20%C3%A9t%C3%A9.txt"
     )
     assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["content-security-policy"] == "sandbox; default-src 'none'"
     assert response.headers["cache-control"].startswith("private, max-age=")
     assert int(response.headers["content-length"]) == len(b"bonjour")
 
 
-async def test_stored_content_disposition_is_served(local):
-    key = "u/t/e/data.csv"
-    await local.upload_file(key, b"a,b", "text/csv", content_disposition='attachment; filename="data.csv"')
+async def test_stored_attachment_disposition_is_served(local):
+    key = "u/t/e/notes.txt"
+    await local.upload_file(key, b"a", "text/plain", content_disposition='attachment; filename="notes.txt"')
     response = await http_fetch_response(await local.get_read_url(key))
-    assert response.headers["content-disposition"] == 'attachment; filename="data.csv"'
-    assert response.headers["content-type"].startswith("text/csv")
+    assert response.headers["content-disposition"] == 'attachment; filename="notes.txt"'
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
 
 
-@pytest.mark.parametrize("mime, name", [("text/html", "page.html"), ("image/svg+xml", "logo.svg")])
-async def test_active_content_is_sandboxed_and_downloaded(local, mime, name):
-    """An uploaded HTML or SVG file must not run script on the app's own origin."""
+@pytest.mark.parametrize(
+    "declared, name, served_type",
+    [
+        ("text/html", "page.html", "text/html; charset=utf-8"),
+        ("image/svg+xml", "logo.svg", "image/svg+xml"),
+        ("text/csv", "data.csv", "text/csv; charset=utf-8"),
+        ("application/xhtml+xml", "page.xhtml", "application/xhtml+xml"),
+        # Declared types that are not exactly one type: stored and served as bytes.
+        ("image/png,text/html", "x.png", "application/octet-stream"),
+        ("image/png, text/html", "x.png", "application/octet-stream"),
+    ],
+)
+async def test_anything_not_allow_listed_is_a_sandboxed_download(local, declared, name, served_type):
+    """An uploaded page must not run script on the app's own origin."""
     key = f"u/t/e/{name}"
-    await local.upload_file(key, b"<script>alert(1)</script>", mime)
+    await local.upload_file(key, b"<script>alert(1)</script>", declared, content_disposition=f'inline; filename="{name}"')
     response = await http_fetch_response(await local.get_read_url(key))
     assert response.status_code == 200
-    assert response.headers["content-security-policy"] == "sandbox"
+    assert response.headers["content-type"] == served_type
     assert response.headers["content-disposition"].startswith("attachment;")
+    assert response.headers["content-security-policy"] == "sandbox; default-src 'none'"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("declared, served_type", [("image/png", "image/png"), ("application/pdf", "application/pdf"),
+                                                   ("audio/mpeg", "audio/mpeg"), ("video/mp4", "video/mp4")])
+async def test_allow_listed_types_are_inline_and_sandboxed(local, declared, served_type):
+    await local.upload_file("u/t/e/media", b"\x00\x01", declared)
+    response = await http_fetch_response(await local.get_read_url("u/t/e/media"))
+    assert response.headers["content-type"] == served_type
+    assert response.headers["content-disposition"].startswith("inline;")
+    assert response.headers["content-security-policy"] == "sandbox; default-src 'none'"
+
+
+async def test_metadata_of_an_older_version_is_served_by_the_policy(local, tmp_path):
+    """Metadata written before types were normalised may hold the raw declared type."""
+    key = "u/t/e/x.png"
+    await local.upload_file(key, b"<script>alert(1)</script>", "image/png")
+    for meta in (tmp_path / "root" / "meta").rglob("*.json"):
+        meta.write_text(json.dumps({"key": key, "mime": "image/png,text/html", "content_disposition": "inline"}))
+    response = await http_fetch_response(await local.get_read_url(key))
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"].startswith("attachment;")
+
+
+@pytest.mark.parametrize("url_of", [lambda url: url.replace("sig=", "sig=00"), lambda url: url + "x",
+                                    lambda url: url.replace("/e/", "/other/")])
+async def test_refusals_carry_the_sandbox_too(local, url_of):
+    await local.upload_file("u/t/e/f.txt", b"x", "text/plain")
+    response = await http_fetch_response(url_of(await local.get_read_url("u/t/e/f.txt")))
+    assert response.status_code in (403, 404)
+    assert response.headers["content-security-policy"] == "sandbox; default-src 'none'"
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 async def test_expired_link_is_forbidden(local):
@@ -185,6 +232,46 @@ async def test_no_temp_files_left_after_refused_write(tmp_path):
         await storage.upload_file("u/t/e/f", b"two", overwrite=False)
     assert list((tmp_path / "tmp").iterdir()) == []
     assert await storage.read_file("u/t/e/f") == b"one"
+
+
+def stored_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+async def test_an_unwritable_store_fails_the_upload_and_leaves_nothing(tmp_path):
+    storage = LocalStorage(tmp_path, secret=SECRET)
+    shutil.rmtree(tmp_path / "tmp")
+    (tmp_path / "tmp").write_text("not a folder")  # as unwritable as a full or read-only disk
+    with pytest.raises(StorageError):
+        await storage.upload_file("u/t/e/f.txt", b"data", "text/plain")
+    assert stored_files(tmp_path / "objects") == [] and stored_files(tmp_path / "meta") == []
+
+
+async def test_metadata_that_cannot_be_written_fails_the_upload_and_leaves_no_object(tmp_path):
+    storage = LocalStorage(tmp_path, secret=SECRET)
+    shutil.rmtree(tmp_path / "meta")
+    (tmp_path / "meta").write_text("not a folder")
+    with pytest.raises(StorageError):
+        await storage.upload_file("u/t/e/f.txt", b"data", "text/plain")
+    assert stored_files(tmp_path / "objects") == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_metadata_failing_after_the_object_is_published_takes_the_object_back(tmp_path, monkeypatch):
+    storage = LocalStorage(tmp_path, secret=SECRET)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if "/meta/" in str(dst):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(StorageError, match="No space left"):
+        await storage.upload_file("u/t/e/new.txt", b"data", "text/plain", overwrite=False)
+    assert stored_files(tmp_path / "objects") == []
+    assert not (tmp_path / "objects/u").exists()  # its folders pruned too
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 async def test_key_and_prefix_conflicts(tmp_path):

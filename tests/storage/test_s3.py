@@ -177,3 +177,46 @@ def test_from_url_forms():
     for bad in ("s3://", "s3:///prefix", "file:///x"):
         with pytest.raises(ValueError):
             S3Storage.from_url(bad, data_dir=None, secret=b"")
+
+
+# ---- serving policy ---------------------------------------------------------------
+
+
+async def head(endpoint: str, bucket: str, key: str) -> dict:
+    async with aioboto3.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1") as s3:
+        return await s3.head_object(Bucket=bucket, Key=key)
+
+
+async def test_a_declared_type_that_does_not_parse_is_stored_and_served_as_a_download(s3_storage, moto_s3):
+    await s3_storage.upload_file("u/t/e/x.png", b"<script>alert(1)</script>", "image/png,text/html")
+    stored = await head(moto_s3, s3_storage.bucket, "app/blobs/u/t/e/x.png")
+    assert stored["ContentType"] == "application/octet-stream"
+    assert stored["ContentDisposition"].startswith("attachment;")
+    url = await s3_storage.get_read_url("u/t/e/x.png", mime="application/octet-stream")
+    query = parse_qs(urlsplit(url).query)
+    assert query["response-content-type"] == ["application/octet-stream"]
+    assert query["response-content-disposition"][0].startswith("attachment;")
+    assert sigv4_presigned_url_is_valid(url, secret_key=os.environ["AWS_SECRET_ACCESS_KEY"], region="us-east-1")
+    response = await http_fetch_response(url)
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"].startswith("attachment;")
+
+
+async def test_the_link_overrides_what_an_object_was_stored_with(s3_storage, moto_s3):
+    """An object written by an older version, or by hand, as an inline page."""
+    async with aioboto3.Session().client("s3", endpoint_url=moto_s3, region_name="us-east-1") as s3:
+        await s3.put_object(Bucket=s3_storage.bucket, Key="app/blobs/u/t/e/page.html", Body=b"<script>1</script>",
+                            ContentType="text/html", ContentDisposition="inline")
+    for url in (await s3_storage.get_read_url("u/t/e/page.html", mime="image/png,text/html"),
+                await s3_storage.get_read_url("u/t/e/page.html")):  # no type known: the name's
+        response = await http_fetch_response(url)
+        assert response.status_code == 200
+        assert response.headers["content-disposition"].startswith("attachment;")
+        assert response.headers["content-type"] in ("application/octet-stream", "text/html")
+
+
+async def test_allow_listed_types_are_linked_inline(s3_storage):
+    await s3_storage.upload_file("u/t/e/photo.png", b"\x89PNG", "image/png")
+    response = await http_fetch_response(await s3_storage.get_read_url("u/t/e/photo.png", mime="image/png"))
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["content-disposition"].startswith("inline;")
