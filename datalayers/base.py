@@ -322,6 +322,8 @@ class PersistentDataLayer(BaseDataLayer):
         return thread
 
     async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
+        if not (is_valid_id(thread_id) and is_valid_id(element_id)):
+            return None  # no such id can be stored; some backends would refuse the lookup itself
         await self._settle(thread_id)
         element = await self._read_element(thread_id, element_id)
         if element is not None:

@@ -926,3 +926,10 @@ class DataLayerContract:
         finally:
             request_user.reset(token)
         assert (await datalayer.get_thread(thread_id))["steps"][0]["output"] == "the owner edits"
+
+    async def test_reads_by_an_id_no_backend_can_store_find_nothing(self, datalayer, user):
+        thread_id = await self.new_thread(datalayer, user)
+        for bad in ("e" * 2000, "a\x00b", ""):
+            assert await datalayer.get_element(thread_id, bad) is None
+            assert await datalayer.get_element(bad, new_id()) is None
+            assert await datalayer.get_thread(bad) is None
