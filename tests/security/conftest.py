@@ -15,6 +15,8 @@ users, alice and bob.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import httpx
@@ -92,3 +94,17 @@ async def alice(security_app):
 async def bob(security_app):
     async with await security_app.login("bob") as client:
         yield client
+
+
+async def settled(app, timeout: float = 20, *, rejected_allowed: bool = False) -> None:
+    """Wait until the app's write journal has applied everything (and, unless allowed,
+    check that the database refused nothing)."""
+    async with app.http() as http:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            journal = (await http.get("/health")).json()["journal"]
+            if journal["pending"] == 0:
+                assert rejected_allowed or journal["rejected"] == 0, journal
+                return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"writes still pending after {timeout}s: {journal}")

@@ -10,8 +10,6 @@ before is lost or changed by any of it.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -21,22 +19,10 @@ import socketio
 from datalayers.paging import MAX_SEARCH_LENGTH
 from datalayers.writes import MAX_ID_LENGTH
 from tests.faults.chainlit_client import ChainlitClient
+from tests.security.conftest import settled
 
 NUL_TEXT = "nul \x00 inside, and \ufdd0 too \\u0000"
 LONG_ID = "x" * (MAX_ID_LENGTH + 1)
-
-
-async def settled(app, timeout: float = 20) -> None:
-    """Wait until the app's write journal has applied everything."""
-    async with app.http() as http:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            journal = (await http.get("/health")).json()["journal"]
-            if journal["pending"] == 0:
-                assert journal["rejected"] == 0, journal  # nothing the database refused
-                return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"writes still pending after {timeout}s: {journal}")
 
 
 async def snapshot(app, client: ChainlitClient) -> dict:
