@@ -22,6 +22,7 @@ What the public methods do for every backend:
   (a failed blob delete is journaled and retried until done, never a half-deleted thread).
 * Elements (`elements.Attachments`): writes by id only by the owner of the thread, declared
   types normalised, a failed save reported to the user and leaving nothing behind.
+* Session revocations and API tokens (`credentials.Credentials`): direct writes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from datetime import UTC, datetime
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +39,13 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser, User
 
 from .actor import current_session_thread, current_user_identifier
+from .credentials import Credentials
 from .elements import Attachments, sign_element_urls
 from .errors import NotFound, NotYours, RequestError
 from .journal import Entry, WriteJournal
 from .owners import ThreadOwners
 from .paging import CursorCodec, page_size, search_term
-from .timestamps import format_timestamp, utc_now
+from .timestamps import utc_now
 from .writeback import PERMANENT, TRANSIENT, UNKNOWN, WriteBack
 from .writes import StepWrite, ThreadWrite, check_id, is_valid_id, with_step_defaults
 
@@ -86,7 +87,7 @@ def _merge_entries(earlier: Entry, later: Entry) -> bool:
     return True
 
 
-class PersistentDataLayer(BaseDataLayer):
+class PersistentDataLayer(Credentials, BaseDataLayer):
     logger: logging.Logger = logging.getLogger("chainlit")
     #: Saving lags when a write has waited this long: the status says so, the chat tells the user.
     lag_seconds = 3.0
@@ -395,24 +396,6 @@ class PersistentDataLayer(BaseDataLayer):
         await self._settle(thread_id)
         await self._delete_blobs(await self._remove_thread(thread_id), thread_id)
 
-    # ------------------------------------------------------------------ sessions
-    # Login tokens are stateless JWTs; what ends them early is a per-user time stored here:
-    # a token issued before it is refused. Direct writes (not journaled): a logout must be
-    # in the database, for every app instance, before it is reported done.
-    async def revoke_sessions(self, identifier: str, reason: str = "") -> datetime:
-        """End every session of `identifier` issued until now (logout, password change,
-        removal). The stored time only moves forward; returns the time now in force."""
-        check_id(identifier, "user identifier")
-        now = datetime.now(UTC)
-        await self._revoke_sessions(identifier, format_timestamp(now), reason[:255])
-        return max(now, await self.sessions_revoked_at(identifier) or now)
-
-    async def sessions_revoked_at(self, identifier: str) -> datetime | None:
-        """When `identifier`'s sessions were last revoked (None: never): one key lookup."""
-        check_id(identifier, "user identifier")
-        stored = await self._sessions_revoked_at(identifier)
-        return datetime.fromisoformat(stored) if stored else None
-
     # ------------------------------------------------------------------ for backends
     # Each is one database operation; the public methods above call them.
     def _failure_kind(self, exc: BaseException) -> str | None:
@@ -480,13 +463,6 @@ class PersistentDataLayer(BaseDataLayer):
         raise NotImplementedError
 
     async def _remove_thread(self, thread_id: str) -> list[str]:
-        raise NotImplementedError
-
-    async def _revoke_sessions(self, identifier: str, revoked_at: str, reason: str) -> None:
-        """Store `revoked_at` for the user unless a later time is stored already."""
-        raise NotImplementedError
-
-    async def _sessions_revoked_at(self, identifier: str) -> str | None:
         raise NotImplementedError
 
     async def _close(self) -> None:
