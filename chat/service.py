@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import chainlit as cl
@@ -27,68 +26,14 @@ from .history import Turn, build_messages, turns_from_steps
 from .prompts import PromptBook, load_prompts_async
 from .providers import ChatRequest, LLMError, Provider, Stopwatch, Usage
 from .saving import SavingNotice
+from .thread_settings import ThreadSettings
 
 logger = chainlit_logger.getChild("Chat")
 
 STATE_KEY = "chat_state"
+# Receives each streamed piece of an answer with the answer's message id (the API's event stream).
+TextSink = Callable[[str, str], Awaitable[None]]
 MAX_TITLE_CHARS = 80
-
-
-@dataclass(frozen=True)
-class ThreadSettings:
-    """The per-thread chat settings (Chainlit `ChatSettings` values), validated."""
-
-    model: str
-    temperature: float
-    max_tokens: int  # <= 0: no limit
-    history_length: int
-    prompt: str
-
-    @property
-    def max_tokens_or_none(self) -> int | None:
-        return self.max_tokens if self.max_tokens > 0 else None
-
-    @classmethod
-    def defaults(cls, config: ChatConfig, prompts: PromptBook) -> ThreadSettings:
-        return cls(
-            model=config.model,
-            temperature=config.temperature,
-            max_tokens=config.max_tokens,
-            history_length=config.history_length,
-            prompt=prompts.default,
-        )
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any], config: ChatConfig, prompts: PromptBook) -> ThreadSettings:
-        """Settings from the UI / stored thread metadata; bad or stale values use the default."""
-        base = cls.defaults(config, prompts)
-        model = values.get("model")
-        prompt = values.get("prompt")
-        return cls(
-            model=model if isinstance(model, str) and model in config.model_choices else base.model,
-            temperature=min(max(_number(values.get("temperature"), base.temperature), 0.0), 2.0),
-            max_tokens=int(_number(values.get("max_tokens"), base.max_tokens)),
-            history_length=max(int(_number(values.get("history_length"), base.history_length)), 0),
-            prompt=prompt if isinstance(prompt, str) and prompt in prompts.templates else base.prompt,
-        )
-
-    def as_values(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "history_length": self.history_length,
-            "prompt": self.prompt,
-        }
-
-
-def _number(value: Any, default: float) -> float:
-    if isinstance(value, bool) or value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
 
 
 class ChatState:
@@ -149,6 +94,10 @@ class ChatService:
 
     async def _prompts(self) -> PromptBook:
         return await load_prompts_async(self.config.prompts_file, self.config.default_prompt)
+
+    async def prompts(self) -> PromptBook:
+        """The prompt templates, re-read from their file (edits apply without a restart)."""
+        return await self._prompts()
 
     def _state(self) -> ChatState | None:
         return cl.user_session.get(STATE_KEY)
@@ -217,10 +166,9 @@ class ChatService:
         await self.settings_widgets(prompts, ThreadSettings.defaults(self.config, prompts)).send()
 
     async def resume(self, thread: Mapping[str, Any]) -> None:
-        prompts = await self._prompts()
-        attachments = await self._stored_attachments(thread.get("elements") or [])
-        turns = turns_from_steps(thread.get("steps") or [], attachments)
-        cl.user_session.set(STATE_KEY, ChatState(prompts, turns, titled=True))
+        state = await self.state_for(thread)
+        prompts = state.prompts
+        cl.user_session.set(STATE_KEY, state)
         # Chainlit restored the thread's settings from its metadata before calling us.
         current = ThreadSettings.from_values(cl.context.session.chat_settings or {}, self.config, prompts)
         await self.settings_widgets(prompts, current).send()
@@ -239,14 +187,36 @@ class ChatService:
         state = await self._ensure_state()
         state.forget_from(message.id)
         settings = ThreadSettings.from_values(cl.context.session.chat_settings or {}, self.config, state.prompts)
-        template = state.prompts.get(settings.prompt)
-
         blocks = await self._message_attachments(message)
         user_text = "\n\n".join([message.content, *blocks]) if blocks else message.content
+        thread_id = cl.context.session.thread_id
+        self.saving.watch(thread_id)
+        answer = await self.reply(state, settings, user_text, message_id=message.id, title_source=message.content)
+        self.saving.watch(thread_id)
+        return answer
+
+    async def reply(
+        self,
+        state: ChatState,
+        settings: ThreadSettings,
+        user_text: str,
+        *,
+        message_id: str | None,
+        title_source: str,
+        on_text: TextSink | None = None,
+        system_prompt: str | None = None,
+    ) -> AssistantMessage:
+        """One turn, the same for the browser and the API: the model's request built from the
+        template, the remembered turns and `user_text`; the answer streamed (to the browser
+        through Chainlit, and to `on_text` when given), stored as an assistant step with its
+        generation record; the thread titled in the background after its first exchange.
+        Runs inside a Chainlit context (a socket session, or the API's HTTP session)."""
+        template = state.prompts.get(settings.prompt)
         user_name = self._user_name()
+        system = template.render_system(user=user_name) if system_prompt is None else system_prompt
         request = ChatRequest(
             messages=build_messages(
-                template.render_system(user=user_name),
+                system,
                 state.turns,
                 template.render_user(user_text, user=user_name),
                 max_messages=settings.history_length,
@@ -257,22 +227,27 @@ class ChatService:
             temperature=settings.temperature,
             max_tokens=settings.max_tokens_or_none,
         )
-        state.turns.append(Turn(role="user", content=user_text, id=message.id))
-
-        self.saving.watch(cl.context.session.thread_id)
-        answer = await self._answer(request, settings)
-        self.saving.watch(cl.context.session.thread_id)
+        state.turns.append(Turn(role="user", content=user_text, id=message_id))
+        answer = await self._answer(request, settings, on_text)
         if not answer.is_error:
             state.turns.append(Turn(role="assistant", content=answer.content, id=answer.id))
             if not state.titled:
                 state.titled = True
                 if self.config.generate_titles and not self.provider.offline:
                     thread_id = cl.context.session.thread_id
-                    self._spawn(self._title(thread_id, settings.model, message.content, answer.content, state))
+                    self._spawn(self._title(thread_id, settings.model, title_source, answer.content, state))
         return answer
 
+    async def state_for(self, thread: Mapping[str, Any] | None) -> ChatState:
+        """What the model remembers of a stored thread (None: a new one)."""
+        prompts = await self._prompts()
+        if thread is None:
+            return ChatState(prompts)
+        attachments = await self._stored_attachments(thread.get("elements") or [])
+        return ChatState(prompts, turns_from_steps(thread.get("steps") or [], attachments), titled=True)
+
     # ---- the model call ----------------------------------------------------------------
-    async def _answer(self, request: ChatRequest, settings: ThreadSettings) -> AssistantMessage:
+    async def _answer(self, request: ChatRequest, settings: ThreadSettings, on_text: TextSink | None = None) -> AssistantMessage:
         answer = AssistantMessage(content="", author=self.author)
         watch = Stopwatch()
         usage = Usage()
@@ -283,6 +258,8 @@ class ChatService:
                 if chunk.text:
                     watch.mark_token()
                     await answer.stream_token(chunk.text)
+                    if on_text is not None:
+                        await on_text(answer.id, chunk.text)
                 usage = chunk.usage or usage
                 model = chunk.model or model
                 finish = chunk.finish_reason or finish
