@@ -99,3 +99,16 @@ CREATE TABLE session_revocations (
 	reason VARCHAR(255), 
 	PRIMARY KEY (`userIdentifier`)
 )CHARSET=utf8mb4;
+
+CREATE TABLE api_tokens (
+	id VARCHAR(64) NOT NULL, 
+	`userIdentifier` VARCHAR(255) NOT NULL, 
+	name VARCHAR(100) NOT NULL, 
+	`tokenHash` VARCHAR(64) NOT NULL, 
+	`createdAt` VARCHAR(32) NOT NULL, 
+	`expiresAt` VARCHAR(32), 
+	`lastUsedAt` VARCHAR(32), 
+	PRIMARY KEY (id)
+)CHARSET=utf8mb4;
+
+CREATE INDEX ix_api_tokens_user_created ON api_tokens (`userIdentifier`, `createdAt`);

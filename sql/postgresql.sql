@@ -100,6 +100,19 @@ CREATE TABLE session_revocations (
 	PRIMARY KEY ("userIdentifier")
 );
 
+CREATE TABLE api_tokens (
+	id VARCHAR(64) NOT NULL, 
+	"userIdentifier" VARCHAR(255) NOT NULL, 
+	name VARCHAR(100) NOT NULL, 
+	"tokenHash" VARCHAR(64) NOT NULL, 
+	"createdAt" VARCHAR(32) NOT NULL, 
+	"expiresAt" VARCHAR(32), 
+	"lastUsedAt" VARCHAR(32), 
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_api_tokens_user_created ON api_tokens ("userIdentifier", "createdAt");
+
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 CREATE INDEX IF NOT EXISTS ix_steps_output_trgm ON steps USING gin (lower("output") gin_trgm_ops);

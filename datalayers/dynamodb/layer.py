@@ -28,6 +28,7 @@ from ..actor import current_session_thread
 from ..base import PersistentDataLayer
 from ..timestamps import utc_now
 from ..writes import StepWrite, ThreadWrite, merge_changes
+from .api_tokens import DynamoDBApiTokens
 from .client import TABLE_NAME, Conflict, DynamoDBError, Table, parse_dynamodb_url, retry_conflicts
 from .failures import failure_kind
 from .feedback import set_step_feedback, step_delete_items
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
 USER_CACHE_SIZE = 10_000
 
 
-class DynamoDBDataLayer(DynamoDBSessionRevocations, PersistentDataLayer):
+class DynamoDBDataLayer(DynamoDBApiTokens, DynamoDBSessionRevocations, PersistentDataLayer):
     """Chainlit data layer on one DynamoDB table. Public constructor; or `from_url`."""
 
     logger = chainlit_logger.getChild("DynamoDB")

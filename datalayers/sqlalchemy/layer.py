@@ -34,6 +34,7 @@ from ..errors import DataLayerError, NotFound, NotYours, RequestError
 from ..timestamps import utc_now
 from ..writes import StepWrite, ThreadWrite
 from . import nul
+from .api_tokens import SQLApiTokens
 from .failures import TRANSIENT, failure_kind
 from .schema import elements, feedbacks, steps, threads, users
 from .sessions import SQLSessionRevocations
@@ -74,7 +75,7 @@ def _step_dict(row) -> dict:
     return data
 
 
-class SQLAlchemyDataLayer(SQLSessionRevocations, PersistentDataLayer):
+class SQLAlchemyDataLayer(SQLApiTokens, SQLSessionRevocations, PersistentDataLayer):
     """Chainlit data layer on SQLAlchemy. Public constructor: pass a URL, or use `from_url`."""
 
     logger = chainlit_logger.getChild("SQLAlchemy")

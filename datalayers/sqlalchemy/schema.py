@@ -12,6 +12,7 @@ is upgraded in place (see migrations/versions/0002). What we add and why:
 * `tags` is JSON rather than PostgreSQL's TEXT[] so every dialect stores it the same way.
 * one index per access path (sidebar, thread load, element and feedback lookups).
 * `session_revocations`: when each user's login sessions were last ended (revision 0004).
+* `api_tokens`: personal API tokens, only their SHA-256 hashes (revision 0005).
 """
 
 from __future__ import annotations
@@ -146,7 +147,21 @@ session_revocations = _table(
     Column("reason", SHORT),
 )
 
-TABLES = (users, threads, steps, elements, feedbacks, session_revocations)
+# Personal API tokens: the plaintext is shown once and never stored, only its SHA-256 hash.
+# Looked up by id on every API request; a user's tokens are listed newest first.
+api_tokens = _table(
+    "api_tokens",
+    Column("id", NulSafeString(64), primary_key=True),
+    Column("userIdentifier", SHORT, nullable=False),
+    Column("name", NulSafeString(100), nullable=False),
+    Column("tokenHash", String(64), nullable=False),
+    Column("createdAt", TIMESTAMP, nullable=False),
+    Column("expiresAt", TIMESTAMP),
+    Column("lastUsedAt", TIMESTAMP),
+    Index("ix_api_tokens_user_created", "userIdentifier", "createdAt"),
+)
+
+TABLES = (users, threads, steps, elements, feedbacks, session_revocations, api_tokens)
 
 
 # PostgreSQL-only trigram indexes for case-insensitive substring search (migration 0003).

@@ -72,7 +72,7 @@ async def test_fresh_database_migrates_to_exactly_the_schema(backend, sql_url_fa
         await migrations.upgrade(engine)  # idempotent: a second run is a no-op
         async with engine.connect() as conn:
             assert await conn.run_sync(_diffs) == []
-            assert await conn.run_sync(migrations.current_revision_sync) == "0004"
+            assert await conn.run_sync(migrations.current_revision_sync) == "0005"
             names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
             if backend == "postgresql":
                 indexes = {i["name"] for t in ("steps", "threads") for i in await conn.run_sync(
@@ -82,7 +82,7 @@ async def test_fresh_database_migrates_to_exactly_the_schema(backend, sql_url_fa
             async with engine.connect() as conn:
                 assert await conn.run_sync(_search_index_drift) == []
                 await conn.rollback()
-        assert {"users", "threads", "steps", "elements", "feedbacks", "session_revocations"} <= names
+        assert {"users", "threads", "steps", "elements", "feedbacks", "session_revocations", "api_tokens"} <= names
     finally:
         await engine.dispose()
 
@@ -243,7 +243,7 @@ def test_revisions_ignore_later_changes_to_the_live_schema(backend, sql_url_fact
     assert "ix_steps_thread_created" in found["indexes"]  # the probe did see the migrated schema
     assert {table: "futureColumn" in columns for table, columns in found["columns"].items()} == {
         "users": False, "threads": False, "steps": False, "elements": False, "feedbacks": False,
-        "session_revocations": False,
+        "session_revocations": False, "api_tokens": False,
     }
     assert "ix_steps_future" not in found["indexes"]
     assert "ix_steps_future_trgm" not in found["indexes"]

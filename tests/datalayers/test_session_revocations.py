@@ -1,6 +1,7 @@
 """The session revocation store (`revoke_sessions` / `sessions_revoked_at`) on SQLite,
-PostgreSQL, MariaDB and DynamoDB: per user, only forward, untouched by logins, and still
-there for a new layer on the same database (an app restart, another instance, the CLI)."""
+PostgreSQL, MariaDB and DynamoDB (`open_layer`, conftest.py): per user, only forward,
+untouched by logins, and still there for a new layer on the same database (an app
+restart, another instance, the CLI)."""
 
 from __future__ import annotations
 
@@ -10,42 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from chainlit.user import User
 
-from datalayers.dynamodb import DynamoDBDataLayer
 from datalayers.errors import RequestError
-from datalayers.sqlalchemy import SQLAlchemyDataLayer
 from datalayers.timestamps import format_timestamp
-from storage.memory import MemoryStorage
-from tests.conftest import SQL_BACKENDS
-from tests.datalayers.test_dynamodb_contract import atomic_moto_dynamodb, dynamodb_url  # noqa: F401  (fixture)
-
-BACKENDS = [*SQL_BACKENDS, "dynamodb"]
-
-
-@pytest.fixture(params=BACKENDS)
-async def open_layer(request, sql_url_factory):
-    """`await open_layer()` opens one more layer on the same database (first call: a new one)."""
-    backend = request.param
-    if backend == "dynamodb":
-        endpoint = request.getfixturevalue("moto_endpoint")
-        request.getfixturevalue("atomic_moto_dynamodb")
-        url = dynamodb_url(endpoint, f"sessions-{uuid.uuid4().hex[:8]}")
-    else:
-        url = sql_url_factory(backend)
-    layers = []
-
-    async def open_one():
-        if backend == "dynamodb":
-            layer = DynamoDBDataLayer.from_url(url, storage=MemoryStorage())
-            if not layers:
-                assert await layer.provision() is True
-        else:
-            layer = SQLAlchemyDataLayer(url, storage=MemoryStorage())
-        layers.append(layer)
-        return layer
-
-    yield open_one
-    for layer in layers:
-        await layer.close()
 
 
 def user() -> str:
