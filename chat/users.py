@@ -7,10 +7,15 @@ the `APP_USERS` variable (`name:hash;name2:hash2`, for containers). Manage the f
     python -m chat.users hash                 # prints a hash for APP_USERS
     python -m chat.users list | remove alice
     python -m chat.users logout alice         # ends alice's sessions everywhere
+    python -m chat.users token create alice --name laptop [--expires-days 90]
+    python -m chat.users token list alice | token revoke alice TOKEN_ID [--all]
 
 Changing a password (`add` of an existing user), `remove` and `logout` end the user's
 login sessions at once, on every app instance: the time is written to the configured
 database (DATABASE_URL, as the app reads it), where the app checks every request.
+`remove` also deletes the user's API tokens. `token create` works for a user of the
+users file who has never logged in, and for one the database knows (an OAuth login); the
+token is printed once, alone on the last line of standard output (`TOKEN=$(...)`).
 
 On a fresh machine with no user defined anywhere, `ensure_default_admin` creates `admin`
 with a random password, prints it once and writes it to `<APP_DATA_DIR>/admin_password.txt`
@@ -31,9 +36,12 @@ import re
 import secrets
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -240,30 +248,137 @@ def _read_new_password(args) -> str:
     return password
 
 
-def _end_sessions(settings, name: str, reason: str) -> int:
-    """Revoke `name`'s login sessions in the app's database; 0, or 1 with what to do."""
-    try:
-        asyncio.run(revoke_sessions(settings, name, reason))
-    except Exception as exc:
-        print(f"could not end the sessions of {name!r} ({type(exc).__name__}: {exc}); they stay valid until "
-              f"this succeeds: python -m chat.users logout {name}", file=sys.stderr)
-        return 1
-    print(f"ended every session of {name!r}")
-    return 0
-
-
-async def revoke_sessions(settings, name: str, reason: str) -> None:
-    """Write the revocation to the database the app uses, through the data layer built from
-    the same settings (with an in-memory journal: the app's journal file belongs to the app)."""
+@asynccontextmanager
+async def cli_data_layer(settings) -> AsyncIterator[Any]:
+    """The data layer the app uses, built from the same settings (with an in-memory
+    journal: the app's journal file belongs to the app)."""
     from dataclasses import replace
 
     layer = replace(settings, journal_path=None).build_data_layer()
     try:
+        yield layer
+    finally:
+        await layer.close()
+
+
+def _on_data_layer(settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def run():
+        async with cli_data_layer(settings) as layer:
+            return await work(layer)
+
+    return asyncio.run(run())
+
+
+def _end_sessions(settings, name: str, reason: str, *, tokens: bool = False) -> int:
+    """Revoke `name`'s login sessions (and, with `tokens`, delete their API tokens) in the
+    app's database; 0, or 1 with what to do."""
+    async def work(layer) -> int:
         if not hasattr(layer, "revoke_sessions"):
             raise RuntimeError(f"the data layer {type(layer).__name__} cannot store session revocations")
         await layer.revoke_sessions(name, reason)
-    finally:
-        await layer.close()
+        return await layer.delete_api_tokens(name) if tokens else 0
+
+    try:
+        count = _on_data_layer(settings, work)
+    except Exception as exc:
+        todo = f"python -m chat.users logout {name}"
+        if tokens:
+            todo += f" and python -m chat.users token revoke {name} --all"
+        print(f"could not end the sessions{' and API tokens' if tokens else ''} of {name!r} ({type(exc).__name__}: "
+              f"{exc}); they stay valid until this succeeds: {todo}", file=sys.stderr)
+        return 1
+    print(f"ended every session of {name!r}")
+    if tokens:
+        print(f"revoked {count} API token(s) of {name!r}")
+    return 0
+
+
+def _when(moment: datetime | None, now: datetime | None = None) -> str:
+    if moment is None:
+        return "never"
+    text = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{text} (expired)" if now is not None and moment <= now else text
+
+
+def _token_command(args, settings, store: UserStore) -> int:
+    from chainlit.user import User
+
+    from chat.api_tokens import ApiTokens, check_name
+
+    name = args.user
+
+    async def create(layer) -> int:
+        record = store.load().get(name)
+        if await layer.get_user(name) is None:
+            if record is None:
+                print(f"no user {name!r}: not in {store.users_file}, APP_USERS or the app's database",
+                      file=sys.stderr)
+                return 2
+            # As a password login would create it (app.py): the API finds the user by it.
+            await layer.create_user(User(identifier=name, display_name=record.display_name,
+                                         metadata={"role": record.role, "provider": "credentials"}))
+        lifetime = timedelta(days=args.expires_days) if args.expires_days else None
+        plaintext, token = await ApiTokens(layer).issue(name, label, lifetime)
+        print(f"created API token {token.id} ({token.name!r}) for {name!r}, expires: {_when(token.expires_at)}.\n"
+              "It is shown only this once (the last line of standard output): store it now.", file=sys.stderr)
+        print(plaintext)
+        return 0
+
+    async def listing(layer) -> int:
+        now = datetime.now(UTC)
+        for token in await ApiTokens(layer).list(name):
+            print("\t".join((token.id, token.name, _when(token.created_at), _when(token.last_used_at),
+                             _when(token.expires_at, now))))
+        return 0
+
+    async def revoke(layer) -> int:
+        tokens = ApiTokens(layer)
+        if args.all:
+            print(f"revoked {await tokens.revoke_all(name)} API token(s) of {name!r}")
+            return 0
+        if not await tokens.revoke(name, args.token_id):
+            print(f"{name!r} has no API token {args.token_id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked API token {args.token_id} of {name!r}")
+        return 0
+
+    if args.token_command == "create":
+        try:
+            label = check_name(args.label)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    elif args.token_command == "revoke" and args.all == bool(args.token_id):
+        print("give a TOKEN_ID or --all", file=sys.stderr)
+        return 2
+    work = {"create": create, "list": listing, "revoke": revoke}[args.token_command]
+    try:
+        return _on_data_layer(settings, work)
+    except Exception as exc:
+        print(f"could not {args.token_command} API tokens of {name!r} ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
+def _token_parser(sub) -> None:
+    token = sub.add_parser("token", help="personal API tokens of a user (stored only as hashes)")
+    commands = token.add_subparsers(dest="token_command", required=True)
+    create = commands.add_parser("create", help="issue a token; it is printed once, on the last line")
+    create.add_argument("user", metavar="NAME")
+    create.add_argument("--name", dest="label", required=True, help="what the token is for (1-100 characters)")
+    create.add_argument("--expires-days", type=_positive_int, help="valid for N days (default: until revoked)")
+    listing = commands.add_parser("list", help="a user's tokens: id, name, created, last used, expires")
+    listing.add_argument("user", metavar="NAME")
+    revoke = commands.add_parser("revoke", help="delete a token (it stops working at once)")
+    revoke.add_argument("user", metavar="NAME")
+    revoke.add_argument("token_id", metavar="TOKEN_ID", nargs="?")
+    revoke.add_argument("--all", action="store_true", help="every token of the user")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,11 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--display-name")
     add.add_argument("--role", default="user")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    rm = sub.add_parser("remove", help="remove a user (and end their sessions)")
+    rm = sub.add_parser("remove", help="remove a user (and end their sessions, delete their API tokens)")
     rm.add_argument("name")
     out = sub.add_parser("logout", help="end every login session of a user, on every app instance")
     out.add_argument("name")
     sub.add_parser("list", help="list users")
+    _token_parser(sub)
     hsh = sub.add_parser("hash", help="print a password hash (for APP_USERS)")
     hsh.add_argument("--password-stdin", action="store_true")
     args = parser.parse_args(argv)
@@ -300,9 +416,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no user {args.name!r} in {store.users_file}", file=sys.stderr)
             return 1
         print(f"removed user {args.name!r}")
-        return _end_sessions(settings, args.name, "user removed")
+        return _end_sessions(settings, args.name, "user removed", tokens=True)
     elif args.command == "logout":
         return _end_sessions(settings, args.name, "ended by the operator")
+    elif args.command == "token":
+        return _token_command(args, settings, store)
     elif args.command == "list":
         for user in store.load().values():
             print(f"{user.name}\t{user.role}\t{user.display_name or ''}")
