@@ -222,6 +222,33 @@ async def feedback_owner(request, call_next):
     return await call_next(request)
 
 
+# ---- the HTTP API (/api/v1): the same conversations for scripts and OpenAI SDK clients ----
+def install_api() -> None:
+    import api
+    from chainlit.config import config
+
+    async def browser_login(request) -> str | None:
+        # The token page is used from the browser: Chainlit's login cookie (already stripped
+        # by the session guard when that session was ended).
+        token = get_token_from_cookies(request.cookies)
+        if not token:
+            return None
+        try:
+            return decode_jwt(token).identifier
+        except (jwt.PyJWTError, TypeError):
+            return None
+
+    upload = config.features.spontaneous_file_upload
+    max_upload_mb = upload.max_size_mb if upload is not None and upload.max_size_mb else 20
+    api.mount(fastapi_app, api.build_api(
+        service=service, data_layer=persistence, cursor_secret=settings.cursor_secret, data_dir=settings.data_dir,
+        rate_per_minute=settings.api_rate_per_minute, max_body_bytes=settings.api_max_body_bytes,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024), browser_login=browser_login))
+
+
+install_api()
+
+
 # ---- the conversation ------------------------------------------------------------------
 @cl.on_chat_start
 async def on_chat_start():

@@ -212,6 +212,9 @@ class Settings:
     login_delay_seconds: float = 1.0
     login_lock_seconds: float = 900.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # The HTTP API (`/api/v1`): requests per minute per token, and the largest JSON body.
+    api_rate_per_minute: int = 120
+    api_max_body_bytes: int = 2 * 1024 * 1024
 
     def __repr__(self) -> str:  # never print passwords or secrets
         return (
@@ -309,4 +312,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, 
         login_delay_seconds=_env_number(env, "APP_LOGIN_DELAY_SECONDS", 1.0, 0.0, 60.0),
         login_lock_seconds=60 * _env_number(env, "APP_LOGIN_LOCK_MINUTES", 15.0, 0.1, 24 * 60),
         max_message_bytes=_max_message_bytes(env.get("APP_MAX_MESSAGE_BYTES")),
+        api_rate_per_minute=int(_env_number(env, "API_RATE_LIMIT_PER_MINUTE", 120, 1, 100_000)),
+        api_max_body_bytes=int(_env_number(env, "API_MAX_BODY_BYTES", 2 * 1024 * 1024, 1024, 64 * 1024 * 1024)),
     )

@@ -256,7 +256,7 @@ class LangChainProvider(Provider):
 
         key = self.config.api_key or ("not-needed" if self.config.base_url else None)
         # `max_tokens` is a field alias that the type stubs do not see.
-        return ChatOpenAI(  # type: ignore[call-arg]
+        return ChatOpenAI(  # type: ignore[call-arg,unused-ignore]
             model=request.model,
             temperature=request.temperature,
             max_tokens=request.max_tokens,

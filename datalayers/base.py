@@ -309,6 +309,15 @@ class PersistentDataLayer(Credentials, BaseDataLayer):
         self.owners.remember(thread_id, author)
         return author or ""
 
+    async def message_thread(self, step_id: str) -> str | None:
+        """The thread a step is stored in (None: no such step), its pending writes applied
+        first; for callers that name a message by its id alone (the HTTP API's ratings)."""
+        if not is_valid_id(step_id):
+            return None
+        if lane := self.writes.pending_lane("step", step_id):
+            await self._settle(lane)
+        return await self._step_thread(step_id, None)
+
     async def get_thread(self, thread_id: str) -> ThreadDict | None:
         if not is_valid_id(thread_id):
             return None
