@@ -84,10 +84,10 @@ def _database_url(request, backend: str, tmp: Path) -> str:
     return request.getfixturevalue("postgres_databases").create()
 
 
-def launch(request, tmp: Path, backend: str, **extra_env: str) -> ApiApp:
+def launch(request, tmp: Path, backend: str, database_url: str | None = None, **extra_env: str) -> ApiApp:
     llm = OpenAICompatServer().start()
     env = {"LLM_MODELS": MODELS, "LLM_GENERATE_TITLES": "false", **extra_env}
-    running = RunningApp(tmp, _database_url(request, backend, tmp), llm.base_url, **env)
+    running = RunningApp(tmp, database_url or _database_url(request, backend, tmp), llm.base_url, **env)
     try:
         running.wait_ready()
         for name, password in PASSWORDS.items():
