@@ -224,8 +224,9 @@ async def feedback_owner(request, call_next):
 
 # ---- the HTTP API (/api/v1): the same conversations for scripts and OpenAI SDK clients ----
 def install_api() -> None:
-    import api
     from chainlit.config import config
+
+    import api
 
     async def browser_login(request) -> str | None:
         # The token page is used from the browser: Chainlit's login cookie (already stripped
@@ -243,7 +244,8 @@ def install_api() -> None:
     api.mount(fastapi_app, api.build_api(
         service=service, data_layer=persistence, cursor_secret=settings.cursor_secret, data_dir=settings.data_dir,
         rate_per_minute=settings.api_rate_per_minute, max_body_bytes=settings.api_max_body_bytes,
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024), browser_login=browser_login))
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_message_bytes=settings.max_message_bytes,
+        browser_login=browser_login))
 
 
 install_api()

@@ -24,7 +24,7 @@ PREFIX = "/api/v1"
 
 
 def build_api(*, service: Any, data_layer: Any, cursor_secret: bytes, data_dir: Path, rate_per_minute: int,
-              max_body_bytes: int, max_upload_bytes: int, browser_login=None):
+              max_body_bytes: int, max_upload_bytes: int, max_message_bytes: int, browser_login=None):
     """The API application (not yet mounted)."""
     import swagger_ui_bundle
     from fastapi import FastAPI
@@ -48,7 +48,7 @@ def build_api(*, service: Any, data_layer: Any, cursor_secret: bytes, data_dir: 
         service=service, data_layer=data_layer, tokens=token_service,
         auth=Authenticator(data_layer, token_service, RateLimiter(rate_per_minute), browser_login),
         uploads=PendingUploads(data_dir / "api_uploads", max_bytes=max_upload_bytes),
-        cursors=CursorCodec(cursor_secret))
+        cursors=CursorCodec(cursor_secret), max_message_bytes=max_message_bytes)
     for module in (conversations, chat, openai_compat, tokens):
         api.include_router(module.router)
     install_handlers(api, logger)

@@ -27,6 +27,7 @@ class ApiParts:
     auth: Authenticator
     uploads: PendingUploads
     cursors: CursorCodec  # signs the message-page cursors
+    max_message_bytes: int = 1024 * 1024  # the browser's limit on one message, applied here too
 
 
 # Declares the bearer scheme in the OpenAPI document; the Authenticator does the checking.

@@ -29,6 +29,7 @@ from chat.thread_settings import ThreadSettings
 from . import models
 from .auth import Caller
 from .deps import ApiParts
+from .problems import Problem
 from .threads import owned_thread, resolve_settings, stored_settings
 from .uploads import PendingFile
 
@@ -87,6 +88,9 @@ class TurnPlan:
 async def prepare(parts: ApiParts, caller: Caller, call: models.ChatCall, *, system_prompt: str | None = None,
                   history: list[Turn] | None = None) -> TurnPlan:
     service = parts.service
+    size = len(call.query.encode("utf-8", "surrogatepass"))
+    if size > parts.max_message_bytes:
+        raise Problem(413, f"the message is {size} bytes; at most {parts.max_message_bytes} are accepted")
     thread: dict[str, Any] | None = None
     if call.conversation_id:
         thread = await owned_thread(parts.data_layer, caller, call.conversation_id)

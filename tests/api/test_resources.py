@@ -187,6 +187,9 @@ async def test_errors_are_problems_with_the_right_status(api_app, llm):
         huge = await http.post("/chat", content=b'{"query": "' + b"x" * (3 * 1024 * 1024) + b'"}',
                                headers={"Content-Type": "application/json"})
         assert huge.status_code == 413 and huge.headers["content-type"].startswith(PROBLEM)
+        # The browser's limit on one message (APP_MAX_MESSAGE_BYTES, 1 MiB) holds here too.
+        too_long = await http.post("/chat", json={"query": "y" * (1024 * 1024 + 1), "stream": False})
+        assert too_long.status_code == 413 and "1048576" in too_long.json()["detail"]
         nul = await http.get("/conversations/%00")
         assert nul.status_code == 404
     assert "Traceback" not in api_app.log_text()
