@@ -102,19 +102,19 @@ async def delete_conversation(conversation_id: IdPath, request: Request, who: Ca
 async def list_messages(conversation_id: IdPath, request: Request, who: Caller = Depends(caller),
                         limit: int = Query(50, ge=1, le=MAX_PAGE), cursor: str | None = Query(None, max_length=4096)):
     api = parts(request)
-    thread = await owned_thread(api.data_layer, who, _id(conversation_id))
-    items = messages(thread)
+    await check_owned(api.data_layer, who, _id(conversation_id))
     binding = f"{who.identifier}\0messages\0{conversation_id}"
-    start = 0
+    after = None
     if cursor:
         position = api.cursors.decode(binding, cursor)
-        after = position.get("after")
-        # The message the cursor follows; if it was deleted since, the next one by time.
-        start = next((i + 1 for i, item in enumerate(items) if item.id == after), None) or next(
-            (i for i, item in enumerate(items) if (item.created_at or "") > str(position.get("at") or "")), len(items))
-    page = items[start:start + limit]
-    more = start + limit < len(items)
-    next_cursor = api.cursors.encode(binding, {"after": page[-1].id, "at": page[-1].created_at}) if more and page else None
+        after = (position.get("at"), str(position.get("id") or ""))
+    # One more than asked, to know whether another page follows; read from the store a page
+    # at a time (an indexed range on SQL), never the whole conversation.
+    steps, elements = await api.data_layer.page_messages(conversation_id, after, limit + 1)
+    page = messages({"steps": steps[:limit], "elements": elements})
+    more = len(steps) > limit
+    next_cursor = api.cursors.encode(binding, {"at": steps[limit - 1].get("createdAt"), "id": steps[limit - 1]["id"]}) \
+        if more else None
     return models.MessagePage(data=page, next_cursor=next_cursor)
 
 

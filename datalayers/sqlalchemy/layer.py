@@ -36,6 +36,7 @@ from ..writes import StepWrite, ThreadWrite
 from . import nul
 from .api_tokens import SQLApiTokens
 from .failures import TRANSIENT, failure_kind
+from .messages import SQLMessagePages
 from .schema import elements, feedbacks, steps, threads, users
 from .sessions import SQLSessionRevocations
 from .upserts import (
@@ -75,10 +76,12 @@ def _step_dict(row) -> dict:
     return data
 
 
-class SQLAlchemyDataLayer(SQLApiTokens, SQLSessionRevocations, PersistentDataLayer):
+class SQLAlchemyDataLayer(SQLApiTokens, SQLSessionRevocations, SQLMessagePages, PersistentDataLayer):
     """Chainlit data layer on SQLAlchemy. Public constructor: pass a URL, or use `from_url`."""
 
     logger = chainlit_logger.getChild("SQLAlchemy")
+    _step_row = staticmethod(_step_dict)
+    _element_row = staticmethod(_row_dict)
 
     def __init__(
         self,

@@ -13,7 +13,8 @@ from chainlit.session import WebsocketSession
 
 from datalayers.sqlalchemy import SQLAlchemyDataLayer
 from storage.memory import MemoryStorage
-from tests.contracts.datalayer import DataLayerContract, new_id, step
+from tests.contracts.datalayer import DataLayerContract
+from tests.contracts.messages import MessagePagesContract, new_id, step
 
 
 class AuditedDataLayer(SQLAlchemyDataLayer):
@@ -34,7 +35,7 @@ async def datalayer(tmp_path_factory):
     await layer.close()
 
 
-class TestCustomSubclassContract(DataLayerContract):
+class TestCustomSubclassContract(DataLayerContract, MessagePagesContract):
     async def test_the_subclass_behaviour_ran(self, datalayer, user):
         thread_id = await self.new_thread(datalayer, user)
         data = step(thread_id, new_id())

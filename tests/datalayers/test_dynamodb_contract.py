@@ -13,6 +13,7 @@ import pytest
 from datalayers.dynamodb import TEMPLATE_PATH, DynamoDBDataLayer
 from storage.memory import MemoryStorage
 from tests.contracts.datalayer import DataLayerContract
+from tests.contracts.messages import MessagePagesContract
 
 _ITEM_OPERATIONS = ("get_item", "put_item", "update_item", "delete_item", "query", "transact_write_items")
 
@@ -57,5 +58,5 @@ async def datalayer(moto_endpoint, atomic_moto_dynamodb):
     await layer.close()
 
 
-class TestDynamoDBContract(DataLayerContract):
+class TestDynamoDBContract(DataLayerContract, MessagePagesContract):
     pass

@@ -6,6 +6,7 @@ from datalayers.sqlalchemy import SQLAlchemyDataLayer
 from storage.memory import MemoryStorage
 from tests.conftest import SQL_BACKENDS
 from tests.contracts.datalayer import DataLayerContract
+from tests.contracts.messages import MessagePagesContract
 
 
 @pytest.fixture(scope="session", params=SQL_BACKENDS)
@@ -16,7 +17,7 @@ async def datalayer(request, sql_url_factory):
     await layer.close()
 
 
-class TestSQLAlchemyContract(DataLayerContract):
+class TestSQLAlchemyContract(DataLayerContract, MessagePagesContract):
     pass
 
 
