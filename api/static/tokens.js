@@ -10,6 +10,10 @@ function cell(text) {
   return td;
 }
 
+function when(timestamp) {
+  return timestamp ? new Date(timestamp).toLocaleString() : "";
+}
+
 function say(text) {
   document.getElementById("status").textContent = text;
 }
@@ -45,7 +49,7 @@ async function refresh() {
   }
   for (const token of list.data) {
     const row = document.createElement("tr");
-    row.append(cell(token.name), cell(token.created_at), cell(token.last_used_at), cell(token.expires_at));
+    row.append(cell(token.name), cell(when(token.created_at)), cell(when(token.last_used_at)), cell(when(token.expires_at)));
     const actions = document.createElement("td");
     const revoke = document.createElement("button");
     revoke.textContent = "Revoke";
