@@ -69,3 +69,21 @@ async def test_api_with_the_offline_provider(app_on):
     app = app_on("sqlite", LLM_PROVIDER="offline", OPENAI_BASE_URL="", OPENAI_API_KEY="")
     await conversation_round_trip(app, model_sees_history=False)
     assert app.llm.chat_requests() == []  # offline: the test model server was never called
+
+
+async def test_api_conversation_gets_the_models_title(app_on):
+    import asyncio
+
+    from tests.servers.openai_compat import Reply
+
+    app = app_on("sqlite", LLM_GENERATE_TITLES="true")
+    app.llm.script(Reply("Dogs are loyal."), Reply("Loyal dogs"))
+    async with app.client("alice") as http:
+        answer = await http.post("/chat", json={"query": "tell me about dogs", "stream": False})
+        cid = answer.json()["conversation_id"]
+        for _ in range(100):  # the title is made in the background, after the answer
+            name = (await http.get(f"/conversations/{cid}")).json()["name"]
+            if name != "tell me about dogs":
+                break
+            await asyncio.sleep(0.1)
+        assert name == "Loyal dogs"
