@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.dynamodb
 	$(BIN)/python -m benchmarks.writes
 	$(BIN)/python -m benchmarks.dynamodb_writes
+	$(BIN)/python -m benchmarks.api
 
 ddl: setup
 	$(BIN)/python -m datalayers.sqlalchemy ddl --write
