@@ -124,6 +124,21 @@ def load_prompts(path: Path, default_override: str = "") -> PromptBook:
     return parse_prompts(text, path, default_override)
 
 
+_LOADED: dict[tuple[Path, str], tuple[tuple[int, int], PromptBook]] = {}
+
+
 async def load_prompts_async(path: Path, default_override: str = "") -> PromptBook:
-    """`load_prompts` off the event loop."""
-    return await asyncio.to_thread(load_prompts, path, default_override)
+    """`load_prompts` off the event loop; the file is parsed again only when it changed
+    (its modification time or size), so edits still apply without a restart while every
+    chat start and API call does not re-read it."""
+    try:
+        stat = await asyncio.to_thread(path.stat)
+    except FileNotFoundError:
+        raise PromptError(f"prompt file not found: {path} (set CHAT_PROMPTS_FILE)") from None
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _LOADED.get((path, default_override))
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    book = await asyncio.to_thread(load_prompts, path, default_override)
+    _LOADED[(path, default_override)] = (version, book)
+    return book

@@ -68,6 +68,12 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: twenty clients at once would wait for the
+    # kernel's SYN retry (about a second).
+    request_queue_size = 128
+
+
 class OpenAICompatServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, model: str = "test-model"):
         self.model = model
@@ -77,7 +83,7 @@ class OpenAICompatServer:
         self._script: list[Reply | Fail | Stall] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd = _Server((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -137,6 +143,9 @@ class OpenAICompatServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Each streamed chunk is its own small write: without this, a delayed ACK now and
+            # then holds one for 40 ms, which is the model's latency as the app sees it.
+            disable_nagle_algorithm = True
 
             def log_message(self, format, *args):  # keep test output clean
                 pass
