@@ -36,11 +36,11 @@ async def counter_update(table: Table, thread_id: str, step_id: str, old: int | 
     if thread is None:
         raise ValueError(f"feedback: thread {thread_id!r} does not exist")
     e = Expression()
-    rev = f"{e.name(REV)} = if_not_exists({e.name(REV)}, {e.value(0)}) + {e.value(1)}"
+    rev = e.bump_rev()
     if FEEDBACK_UP in thread and FEEDBACK_DOWN in thread:
         up = (new == 1) - (old == 1)
         down = (new == 0) - (old == 0)
-        update = f"SET {rev} ADD {e.name(FEEDBACK_UP)} {e.value(up)}, {e.name(FEEDBACK_DOWN)} {e.value(down)}"
+        update = f"ADD {rev}, {e.name(FEEDBACK_UP)} {e.value(up)}, {e.name(FEEDBACK_DOWN)} {e.value(down)}"
         condition = f"attribute_exists({e.name(FEEDBACK_UP)})"
     else:
         counts = {0: 0, 1: 0}
@@ -51,8 +51,8 @@ async def counter_update(table: Table, thread_id: str, step_id: str, old: int | 
                 counts[value] += 1
         if new in counts:
             counts[new] += 1
-        update = (f"SET {rev}, {e.name(FEEDBACK_UP)} = {e.value(counts[1])}, "
-                  f"{e.name(FEEDBACK_DOWN)} = {e.value(counts[0])}")
+        update = (f"SET {e.name(FEEDBACK_UP)} = {e.value(counts[1])}, "
+                  f"{e.name(FEEDBACK_DOWN)} = {e.value(counts[0])} ADD {rev}")
         condition = f"attribute_exists({e.name('PK')}) AND attribute_not_exists({e.name(FEEDBACK_UP)})"
     return {"Update": {"TableName": table.name, "Key": serialize(thread_key(thread_id)),
                        "UpdateExpression": update, "ConditionExpression": condition, **e.kwargs()}}

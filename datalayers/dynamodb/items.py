@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -202,6 +203,12 @@ class Expression:
         self.values[placeholder] = serialize_value(value, label or placeholder)
         return placeholder
 
+    def bump_rev(self) -> str:
+        """The ADD clause moving `_rev` by one. DynamoDB's ADD starts a missing number at 0,
+        so this is `SET _rev = if_not_exists(_rev, 0) + 1` without a function to evaluate:
+        the same item and the same write units on DynamoDB, less parsing for an emulator."""
+        return f"{self.name(REV)} {self.value(1)}"
+
     def kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.names:
@@ -209,3 +216,9 @@ class Expression:
         if self.values:
             out["ExpressionAttributeValues"] = dict(self.values)
         return out
+
+
+def update_expression(sets: Sequence[str] = (), adds: Sequence[str] = (), removes: Sequence[str] = ()) -> str:
+    """An UpdateExpression from its clauses; a kind without clauses is left out."""
+    return " ".join(f"{keyword} {', '.join(clauses)}"
+                    for keyword, clauses in (("SET", sets), ("ADD", adds), ("REMOVE", removes)) if clauses)
