@@ -430,6 +430,7 @@ class DynamoDBDataLayer(DynamoDBApiTokens, DynamoDBSessionRevocations, Persisten
 
     async def _remove_thread(self, thread_id: str) -> list[str]:
         ids = {"thread_id": thread_id}
+        self.digests.forget(thread_id)  # a later step write recreates it with the full update
         items = await self.table.partition(thread_id, "delete_thread", attributes=("PK", "SK", "objectKey", BLOBS))
         children: list[dict[str, str]] = []
         blob_keys: list[str] = []

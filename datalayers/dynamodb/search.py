@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from .client import Table
 from .items import BLOBS, TEXT, TEXT_BYTES, TEXT_SINCE, TEXT_TRUNCATED, Expression, remove_prefix, thread_key
@@ -38,16 +38,24 @@ def digest_text(output: Any) -> str | None:
     return str(output).lower()
 
 
-def digest_append(e: Expression, texts: list[str]) -> tuple[str, str, str] | None:
+def digest_append(e: Expression, texts: list[str], exists: bool = False) -> tuple[str, str, str] | None:
     """The SET and ADD clauses appending `texts` (one per step) to the digest, and the
-    condition that keeps it under TEXT_LIMIT and stops at truncation; None when they cannot fit."""
+    condition that keeps it under TEXT_LIMIT and stops at truncation; None when they cannot
+    fit. `exists`: this process has appended to the digest, so it is there (a lean thread
+    update): no `if_not_exists`, and a missing digest fails the condition instead of
+    starting one — the caller then sends the full update. The same item either way."""
     size = sum(len(text.encode("utf-8")) for text in texts)
     if size > TEXT_LIMIT:
         return None
-    set_text = f"{e.name(TEXT)} = list_append(if_not_exists({e.name(TEXT)}, {e.value([])}), {e.value(list(texts))})"
-    add_bytes = f"{e.name(TEXT_BYTES)} {e.value(size)}"
-    condition = (f"(attribute_not_exists({e.name(TEXT_BYTES)}) OR {e.name(TEXT_BYTES)} <= "
-                 f"{e.value(TEXT_LIMIT - size)}) AND attribute_not_exists({e.name(TEXT_TRUNCATED)})")
+    text, count, truncated = e.name(TEXT), e.name(TEXT_BYTES), e.name(TEXT_TRUNCATED)
+    add_bytes = f"{count} {e.value(size)}"
+    if exists:
+        set_text = f"{text} = list_append({text}, {e.value(list(texts))})"
+        condition = f"{count} <= {e.value(TEXT_LIMIT - size)} AND attribute_not_exists({truncated})"
+    else:
+        set_text = f"{text} = list_append(if_not_exists({text}, {e.value([])}), {e.value(list(texts))})"
+        condition = (f"(attribute_not_exists({count}) OR {count} <= {e.value(TEXT_LIMIT - size)}) "
+                     f"AND attribute_not_exists({truncated})")
     return set_text, add_bytes, condition
 
 
@@ -59,15 +67,26 @@ def digest_complete(digest: dict[str, Any]) -> bool:
             and digest.get(TEXT_SINCE) == digest.get("createdAt"))
 
 
+class Written(NamedTuple):
+    """What a thread item is known to have, from this process's own successful writes."""
+
+    owned: bool
+    with_user_id: bool
+    digest: bool
+
+
 class DigestMemory:
-    """What this process knows about digests, so a write skips a request part that would
-    fail or repeat: threads whose digest is truncated, and the last text appended per step
-    (a hash: outputs can be long). Bounded; forgetting only costs a redundant append."""
+    """What this process knows about thread items and their digests, so a write skips a
+    request part that would fail, repeat or change nothing: threads whose digest is
+    truncated, the last text appended per step (a hash: outputs can be long), and the
+    threads whose item this process has written whole (see `written`). Bounded; forgetting
+    only costs a redundant append or a longer thread update."""
 
     def __init__(self, size: int = MEMORY_SIZE):
         self.size = size
         self._truncated: OrderedDict[str, None] = OrderedDict()
         self._appended: OrderedDict[str, bytes] = OrderedDict()
+        self._written: OrderedDict[str, Written] = OrderedDict()
 
     @staticmethod
     def _hash(text: str) -> bytes:
@@ -91,6 +110,38 @@ class DigestMemory:
     def appended(self, step_id: str, text: str | None) -> None:
         if text is not None:
             self._remember(self._appended, step_id, self._hash(text))
+
+    def written(self, thread_id: str, owned: bool, with_user_id: bool, digest: bool) -> None:
+        """A step write that may create the thread succeeded: its item now has what creating
+        it sets (id, createdAt, metadata, activity, digest start), an owner when `owned`
+        (with its user id, when `with_user_id`), and a digest when `digest` (it appended
+        text). None of these is ever removed from an item; only a delete takes the item
+        away, which the lean update's condition notices."""
+        known = self._written.get(thread_id) or Written(False, False, False)
+        self._remember(self._written, thread_id,
+                       Written(owned or known.owned, with_user_id or known.with_user_id, digest or known.digest))
+
+    def appended_to(self, thread_id: str) -> None:
+        """An update appended text to a thread this process knows: it has a digest now."""
+        known = self._written.get(thread_id)
+        if known is not None:
+            self._remember(self._written, thread_id, known._replace(digest=True))
+
+    def known(self, thread_id: str, owned: bool, with_user_id: bool) -> Written | None:
+        """What this process knows of the thread, if a write by an owner (`owned`; with a
+        user id, `with_user_id`) may use the lean thread update: every `if_not_exists` of
+        the full one would change nothing. None: the full update."""
+        known = self._written.get(thread_id)
+        if known is None or known.owned < owned or known.with_user_id < with_user_id:
+            return None
+        return known
+
+    def forget(self, thread_id: str) -> None:
+        """The thread's item is gone (deleted here) or not as remembered (a lean update's
+        condition failed): the next write takes the full update, and a digest starting
+        again is not taken for the truncated one."""
+        self._written.pop(thread_id, None)
+        self._truncated.pop(thread_id, None)
 
 
 async def search_filter(table: Table, large: LargeAttributes, batch: list[dict[str, Any]],

@@ -663,6 +663,131 @@ async def test_a_backlog_of_new_steps_is_one_transaction_per_thread(faulty, raw,
     assert stored[again["id"]]["output"] == "new one" and stored[question["id"]]["output"] == "Queued QUESTION"
 
 
+def thread_updates(client) -> list[dict]:
+    """Records the thread Update of every TransactWriteItems the layer sends from now on."""
+    seen: list[dict] = []
+
+    def record(kwargs):
+        seen.extend(i["Update"] for i in kwargs["TransactItems"]
+                    if "Update" in i and i["Update"]["Key"]["SK"] == {"S": "THREAD"})
+
+    client.faults["transact_write_items"] = [record] * 100
+    return seen
+
+
+async def _delete_elsewhere(raw, table, thread_id):
+    """Another process deletes the thread: every item of its partition is gone, and this
+    process is not told."""
+    for item in await partition(raw, table, f"THREAD#{thread_id}"):
+        await raw.delete_item(TableName=table, Key=serialize({"PK": item["PK"], "SK": item["SK"]}))
+
+
+async def _assert_owned_and_found(layer, raw, table, user, thread_id, term):
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert stored["UserThreadPK"] == f"USER#{user.identifier}" and stored["userIdentifier"] == user.identifier
+    assert stored["id"] == thread_id and stored["createdAt"] and stored["_textSince"] == stored["createdAt"]
+    page = await layer.list_threads(Pagination(first=20), ThreadFilter(userId=user.id))
+    assert page.data[0]["id"] == thread_id  # the most recently active
+    assert await layer.get_thread_author(thread_id) == user.identifier
+    assert await _search(layer, user, term) == [thread_id]
+
+
+async def test_a_thread_this_process_wrote_gets_the_lean_update(faulty, raw, table):
+    """The second and later steps of a thread this process has written: no if_not_exists
+    (they would change nothing), the item required to exist with an owner instead; the
+    order and the search digest still move with every step."""
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    older = await _thread(layer, user, name="older")
+    await _chat(layer, older, "first", "reply")  # `older` is now the most recently active
+    await layer.flush()
+    client.calls.clear()
+    updates = thread_updates(client)
+    token = request_user.set(user.identifier)
+    try:
+        await _chat(layer, thread_id, "lean QUESTION", "lean ANSWER")
+        await layer.flush()
+    finally:
+        request_user.reset(token)
+    assert updates and all("if_not_exists" not in u["UpdateExpression"] for u in updates), updates
+    assert all("attribute_exists" in u["ConditionExpression"] for u in updates)
+    assert set(client.calls) == {"transact_write_items"}  # no extra request
+    await _assert_owned_and_found(layer, raw, table, user, thread_id, "lean answer")
+    assert await _search(layer, user, "lean question") == [thread_id]
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert stored["_textBytes"] == sum(len(t.encode()) for t in stored["_text"])
+
+
+async def test_a_known_thread_deleted_by_another_process_is_recreated_owned(faulty, raw, table):
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    await _delete_elsewhere(raw, table, thread_id)
+    client.calls.clear()
+    token = request_user.set(user.identifier)
+    try:
+        await layer.create_step(step(thread_id, type="user_message", output="Back AGAIN"))
+        await layer.flush()
+        # The lean update refused (the item is gone), then the full one recreates it.
+        assert client.calls == {"transact_write_items": 2}, client.calls
+        await _assert_owned_and_found(layer, raw, table, user, thread_id, "back again")
+        client.calls.clear()  # known again: one request per step
+        await layer.create_step(step(thread_id, type="assistant_message", output="and again"))
+        await layer.flush()
+        assert client.calls == {"transact_write_items": 1}, client.calls
+
+        # The same when the steps wait and go in one transaction.
+        await _delete_elsewhere(raw, table, thread_id)
+        client.calls.clear()
+        client.faults["transact_write_items"] = [unreachable]
+        batch = [step(thread_id, type="user_message", output="batched QUESTION"),
+                 step(thread_id, type="assistant_message", output="batched answer", createdAt=timestamp(9))]
+        for data in batch:
+            await layer.create_step(data)
+        await layer.flush()
+        assert client.calls == {"transact_write_items": 3}, client.calls  # failed, lean refused, full
+    finally:
+        request_user.reset(token)
+    await _assert_owned_and_found(layer, raw, table, user, thread_id, "batched question")
+    assert sorted(s["id"] for s in (await layer.get_thread(thread_id))["steps"]) == sorted(d["id"] for d in batch)
+
+
+async def test_a_thread_deleted_here_is_recreated_with_one_request(faulty, raw, table):
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    await layer.delete_thread(thread_id)
+    client.calls.clear()
+    token = request_user.set(user.identifier)
+    try:
+        await layer.create_step(step(thread_id, type="user_message", output="a fresh START"))
+        await layer.flush()
+    finally:
+        request_user.reset(token)
+    assert client.calls.get("transact_write_items") == 1, client.calls
+    await _assert_owned_and_found(layer, raw, table, user, thread_id, "fresh start")
+
+
+async def test_a_thread_written_without_a_user_gets_its_owner_from_the_first_user_write(faulty, raw, table):
+    """Known to this process as written, but without an owner: the first step by a user
+    takes the full update, which makes the thread theirs."""
+    layer, client = faulty
+    user = await layer.create_user(User(identifier=f"later-{new_id()}"))
+    thread_id = new_id()
+    await layer.create_step(step(thread_id, type="system_message", output="set up by a script"))
+    await layer.flush()
+    assert "UserThreadPK" not in await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    updates = thread_updates(client)
+    token = request_user.set(user.identifier)
+    try:
+        await layer.create_step(step(thread_id, type="user_message", output="mine NOW", createdAt=timestamp(2)))
+        await layer.flush()
+    finally:
+        request_user.reset(token)
+    assert len(updates) == 1 and "if_not_exists" in updates[0]["UpdateExpression"]
+    await _assert_owned_and_found(layer, raw, table, user, thread_id, "mine now")
+    stored = await raw_item(raw, table, f"THREAD#{thread_id}", "THREAD")
+    assert stored["userId"] == user.id
+
+
 async def test_a_sidebar_page_is_one_query(faulty):
     layer, client = faulty
     user, _ = await _warm(layer, client)
