@@ -18,7 +18,10 @@ x S steps are written into each through the layer's public API. Then, per layer:
 * a chat turn, median ms, turns one after the other;
 * --concurrent-turns turns at once (asyncio.gather): elapsed seconds, and the worst
   event-loop stall meanwhile (a 1 ms ticker task). Chainlit's layer calls boto3
-  synchronously, so its requests block the loop, and with it every other session.
+  synchronously, so its requests block the loop, and with it every other session. Also the
+  CPU seconds the moto process (server and proxy) and the benchmark's own process spent on
+  those turns (Linux): unlike elapsed time and stalls, they do not depend on what else the
+  machine is running.
 
 A layer with a `flush()` (writes journaled, applied in the background) is flushed at the end
 of every timed batch and given a journal file, so what is timed ends with the data in the
@@ -47,6 +50,8 @@ from benchmarks.requestcount import (
     ThreadCursor,
     bounded,
     breakdown,
+    cpu_seconds,
+    cpu_used,
     environment,
     flush,
     journal_options,
@@ -72,7 +77,7 @@ async def preload(layer, user_id: str, threads: list[dict], concurrency: int) ->
     await flush(layer)
 
 
-async def measure(layer, user_id: str, threads: list[dict], proxy: str, args) -> dict:
+async def measure(layer, user_id: str, threads: list[dict], proxy: str, server_pid: int, args) -> dict:
     """Every measure for one layer; requests are counted per phase (the proxy's counts are
     reset before each, and nothing else talks to it meanwhile)."""
     from chainlit.types import Pagination, ThreadFilter
@@ -129,10 +134,12 @@ async def measure(layer, user_id: str, threads: list[dict], proxy: str, args) ->
     targets = cursor.take(args.concurrent_turns)
     gc.collect()  # the benchmark's own garbage is not the layer's stall
     async with stall_ticker() as stall:
+        server, client = cpu_seconds(server_pid), cpu_seconds()
         start = time.perf_counter()
         await asyncio.gather(*(chat_turn(layer, thread_id) for thread_id in targets))
         await flush(layer)
         result["concurrent_turns_s"] = time.perf_counter() - start
+        result["server_cpu_s"], result["client_cpu_s"] = cpu_used(server, server_pid), cpu_used(client)
     result["worst_stall_ms"] = stall["worst_ms"]
     proxy_counts(proxy)
     return result
@@ -146,10 +153,12 @@ MEASURES = [  # key, label, higher is better, format
     ("turn_median_ms", "chat turn median ms", False, "{:.1f}"),
     ("concurrent_turns_s", "{concurrent_turns} concurrent turns, elapsed s", False, "{:.2f}"),
     ("worst_stall_ms", "worst event-loop stall in those turns, ms", False, "{:.1f}"),
+    ("server_cpu_s", "moto's CPU s in those turns (server + proxy)", False, "{:.2f}"),
+    ("client_cpu_s", "the benchmark process's CPU s in those turns", False, "{:.2f}"),
 ]
 
 
-async def run(args, moto_url: str, proxy: str) -> dict:
+async def run(args, moto_url: str, proxy: str, server_pid: int) -> dict:
     import boto3
     from chainlit.data.dynamodb import DynamoDBDataLayer as ChainlitDynamoDBDataLayer
     from chainlit.user import User
@@ -188,8 +197,8 @@ async def run(args, moto_url: str, proxy: str) -> dict:
             print(f"loaded {args.threads} threads x {args.steps} steps through each layer's API: ours in "
                   f"{loads['ours']:.1f} s, Chainlit's in {loads['chainlit']:.1f} s", file=sys.stderr)
 
-            results = {"ours": await measure(ours, our_user.id, threads, proxy, args),
-                       "chainlit": await measure(theirs, their_user.id, threads, proxy, args)}
+            results = {"ours": await measure(ours, our_user.id, threads, proxy, server_pid, args),
+                       "chainlit": await measure(theirs, their_user.id, threads, proxy, server_pid, args)}
         finally:
             for layer in layers:
                 try:
@@ -250,7 +259,7 @@ def main() -> None:
     os.environ.pop("AWS_PROFILE", None)
     proc, moto_url, proxy = start_moto_behind_proxy()
     try:
-        result = asyncio.run(run(args, moto_url, proxy))
+        result = asyncio.run(run(args, moto_url, proxy, proc.pid))
     finally:
         stop_child(proc)
     if args.json:

@@ -196,6 +196,25 @@ def proxy_counts(proxy_url: str, reset: bool = True) -> Counter:
         return Counter(json.loads(response.read()))
 
 
+def cpu_seconds(pid: int | None = None) -> float | None:
+    """CPU time (user + system) used so far by this process, or by child `pid` (from
+    /proc: Linux only; None elsewhere). Unlike elapsed time, it does not depend on what
+    else the machine is running, so it compares the work each layer makes moto do."""
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_used(before: float | None, pid: int | None = None) -> float | None:
+    after = cpu_seconds(pid)
+    return None if before is None or after is None else after - before
+
+
 # ---------------------------------------------------------------------------- layers
 async def flush(layer) -> None:
     """Wait until the layer's accepted writes are in the database. A layer that writes
