@@ -3,8 +3,9 @@
 * A write that creates a step is ONE TransactWriteItems: the step (a Put that must not
   find it: a new step), the thread (created if missing; activity time moved; `_rev`
   bumped; the output appended to the search digest under its size condition; an owner
-  given if it has none) and the step's locator. No read first. A thread this process has
-  written before gets the lean form of that thread update (`thread_update`, `known`).
+  given if it has none) and the step's locator (a Put that must not find it either). No
+  read first. A thread this process has written before gets the lean form of that thread
+  update (`thread_update`, `known`).
 * A write that only updates a step is ONE UpdateItem (overwrites SET, fills with
   `if_not_exists`, metadata per key), conditional on the step existing with no attribute in
   blob storage; when it changes the output, a TransactWriteItems of that update and the
@@ -12,8 +13,9 @@
   old message must not reorder the sidebar).
 * Anything else takes the general path, as before the fast paths existed: read the step,
   `write.apply_to(stored)`, write it back conditional on `_rev` (large attributes moved to
-  blob storage). That is: the step already exists for a create (a repeated create, or an
-  update that arrived first), the step is missing or has blobs for an update, its values
+  blob storage). That is: the step or its locator already exists for a create (a repeated
+  create, an update that arrived first, a step id of another thread: refused there), the
+  step is missing or has blobs for an update, its values
   are larger than the inline limit, or a condition did not hold.
 """
 
@@ -173,10 +175,19 @@ class StepWrites:
         """The step as a conditional Put of the whole item (the same result as setting every
         attribute, and no update expression to evaluate: an UpdateExpression with one SET per
         attribute is the costliest part of a transaction for an emulator to parse), and its
-        locator."""
-        step = {"TableName": self.table.name, "Item": serialize({**row, REV: 1}),
-                "ConditionExpression": "attribute_not_exists(#pk)", "ExpressionAttributeNames": {"#pk": "PK"}}
-        return [{"Put": step}, {"Put": self._locator_put(write)}]
+        locator, each on condition that it does not exist yet.
+
+        A locator that exists already — a client reusing another thread's step id, or one
+        left behind by an interrupted write — cancels the transaction, and the general path
+        decides (refusing the step if the locator names another thread). That costs a few
+        requests in those rare cases and keeps the common case's condition the cheapest
+        there is (for an emulator: DynamoDB charges nothing for conditions)."""
+        def put_new(item: dict[str, Any]) -> dict[str, Any]:
+            return {"Put": {"TableName": self.table.name, "Item": serialize(item),
+                            "ConditionExpression": "attribute_not_exists(#pk)", "ExpressionAttributeNames": {"#pk": "PK"}}}
+
+        return [put_new({**row, REV: 1}),
+                put_new({**locator_key("STEP", write.id), "threadId": write.thread_id})]
 
     def _locator_put(self, write: StepWrite) -> dict[str, Any]:
         """The step's locator, unless it names another thread: a client chooses the ids of
@@ -267,10 +278,10 @@ class StepWrites:
                 await self.table.transact([step, {"Update": thread}, locator], "create_step",
                                           self._ids(write), journaled=True)
             except DynamoDBError as exc:
-                if _reason(exc, 2) == CCF:
-                    raise NotYours(f"step {write.id} is in another thread") from None
-                if _reason(exc, 0) == CCF or exc.too_large:
-                    return await self._general(write, actor)  # the step exists, or is too large inline
+                if CCF in (_reason(exc, 0), _reason(exc, 2)) or exc.too_large:
+                    # The step exists, its locator does (perhaps in another thread: refused
+                    # there), or it is too large inline.
+                    return await self._general(write, actor)
                 if self._lean_refused(exc, 1, write.thread_id, known):
                     known = None
                     continue
