@@ -563,6 +563,46 @@ async def test_requests_in_flight_are_bounded(moto_endpoint, table):
         await layer.close()
 
 
+async def test_requests_start_one_per_event_loop_iteration():
+    """Many requests ready at once start over as many loop iterations: each start costs
+    about a millisecond of botocore CPU, and other tasks run in between."""
+    pacer = client_module.Pacer()
+    iteration, running, started = 0, True, []
+
+    async def iterations():
+        nonlocal iteration
+        while running:
+            iteration += 1
+            await asyncio.sleep(0)  # one loop iteration
+
+    async def request(name):
+        await pacer.turn()
+        started.append((iteration, name))
+
+    counter = asyncio.create_task(iterations())
+    await asyncio.sleep(0)
+    await asyncio.gather(*(request(i) for i in range(20)))
+    assert sorted(name for _, name in started) == list(range(20))
+    assert [name for _, name in started] == list(range(20))  # in arrival order
+    assert len({at for at, _ in started}) == 20  # never two in one iteration
+
+    # A waiter cancelled in the queue, or after being handed the turn, never stalls the rest.
+    pacer = client_module.Pacer()
+    pacer._loop, pacer._taken = asyncio.get_running_loop(), True  # a request started in this iteration
+    queued = [asyncio.create_task(request(f"q{i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    assert len(pacer._waiters) == 3
+    queued[1].cancel()
+    await asyncio.sleep(0)
+    pacer._pass()  # the turn goes to q0 ...
+    queued[0].cancel()  # ... which is cancelled before it runs, and passes it on
+    await asyncio.wait_for(queued[2], 1)
+    assert [name for _, name in started[20:]] == ["q2"]
+    await asyncio.wait_for(request("after"), 1)
+    running = False
+    await counter
+
+
 # ---------------------------------------------------------------------- requests per write
 def server_error(operation):
     def fault(kwargs):
