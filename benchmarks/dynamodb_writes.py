@@ -18,7 +18,9 @@ x S steps are written into each through the layer's public API. Then, per layer:
 * a chat turn, median ms, turns one after the other;
 * --concurrent-turns turns at once (asyncio.gather): elapsed seconds, and the worst
   event-loop stall meanwhile (a 1 ms ticker task). Chainlit's layer calls boto3
-  synchronously, so its requests block the loop, and with it every other session. Also the
+  synchronously, so its requests block the loop, and with it every other session. The most
+  CPU the loop's thread used between two ticks is the part of a stall the layer's own work
+  causes (a busy machine, or another thread holding the GIL, adds to the stall). Also the
   CPU seconds the moto process (server and proxy) and the benchmark's own process spent on
   those turns (Linux): unlike elapsed time and stalls, they do not depend on what else the
   machine is running.
@@ -140,7 +142,7 @@ async def measure(layer, user_id: str, threads: list[dict], proxy: str, server_p
         await flush(layer)
         result["concurrent_turns_s"] = time.perf_counter() - start
         result["server_cpu_s"], result["client_cpu_s"] = cpu_used(server, server_pid), cpu_used(client)
-    result["worst_stall_ms"] = stall["worst_ms"]
+    result["worst_stall_ms"], result["worst_stall_cpu_ms"] = stall["worst_ms"], stall["worst_cpu_ms"]
     proxy_counts(proxy)
     return result
 
@@ -153,6 +155,7 @@ MEASURES = [  # key, label, higher is better, format
     ("turn_median_ms", "chat turn median ms", False, "{:.1f}"),
     ("concurrent_turns_s", "{concurrent_turns} concurrent turns, elapsed s", False, "{:.2f}"),
     ("worst_stall_ms", "worst event-loop stall in those turns, ms", False, "{:.1f}"),
+    ("worst_stall_cpu_ms", "most loop-thread CPU between two ticks, ms", False, "{:.1f}"),
     ("server_cpu_s", "moto's CPU s in those turns (server + proxy)", False, "{:.2f}"),
     ("client_cpu_s", "the benchmark process's CPU s in those turns", False, "{:.2f}"),
 ]

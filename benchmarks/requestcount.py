@@ -283,15 +283,19 @@ def p95(values: list[float]) -> float:
 async def stall_ticker():
     """The worst event-loop stall while the block runs: how much later than asked a 1 ms
     sleep woke up. A layer that blocks the loop (a synchronous SDK call) delays every other
-    session of the process by that much. Yields a dict whose "worst_ms" is set on exit."""
-    result = {"worst_ms": 0.0}
+    session of the process by that much. Yields a dict whose "worst_ms" is set on exit, and
+    "worst_cpu_ms": the most CPU the event loop's thread used between two ticks — the part
+    of a stall the process's own work on the loop causes, without the time the thread waited
+    for a core (a busy machine) or for the GIL (another thread of the process)."""
+    result = {"worst_ms": 0.0, "worst_cpu_ms": 0.0}
     done = False
 
     async def tick():
         while not done:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             await asyncio.sleep(0.001)
             result["worst_ms"] = max(result["worst_ms"], (time.perf_counter() - start) * 1000 - 1)
+            result["worst_cpu_ms"] = max(result["worst_cpu_ms"], (time.thread_time() - cpu) * 1000)
 
     task = asyncio.create_task(tick())
     await asyncio.sleep(0.01)  # let the ticker start before the work does
