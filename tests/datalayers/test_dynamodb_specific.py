@@ -828,6 +828,24 @@ async def test_a_thread_written_without_a_user_gets_its_owner_from_the_first_use
     assert stored["userId"] == user.id
 
 
+async def test_a_locator_left_by_an_interrupted_write_does_not_stop_the_step(faulty, raw, table):
+    layer, client = faulty
+    user, thread_id = await _warm(layer, client)
+    message = step(thread_id, type="user_message", output="after the LEFTOVER")
+    await raw.put_item(TableName=table, Item=serialize({"PK": f"STEP#{message['id']}", "SK": "LOCATOR",
+                                                        "threadId": thread_id}))
+    token = request_user.set(user.identifier)
+    try:
+        await layer.create_step(message)
+        await layer.flush()
+    finally:
+        request_user.reset(token)
+    assert layer.status()["rejected"] == 0
+    stored = {s["id"]: s for s in (await layer.get_thread(thread_id))["steps"]}
+    assert stored[message["id"]]["output"] == "after the LEFTOVER"
+    await _assert_owned_and_found(layer, raw, table, user, thread_id, "leftover")
+
+
 async def test_a_sidebar_page_is_one_query(faulty):
     layer, client = faulty
     user, _ = await _warm(layer, client)
