@@ -50,6 +50,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.requestcount import bounded, environment, flush, p95, set_chainlit_context
+from benchmarks.sessions import bench_database
 from tests.e2e.app_runner import APP_ENV_PREFIXES, ROOT, RunningApp
 from tests.servers.openai_compat import OpenAICompatServer
 
@@ -338,14 +339,7 @@ def print_table(rows: list[dict]) -> None:
 async def run(args) -> tuple[list, list, dict]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     (tmp / "data").mkdir()
-    databases = None
-    if args.database == "postgresql":
-        from tests.conftest import POSTGRES_ADMIN_URL, ThrowawayDatabases
-
-        databases = ThrowawayDatabases(args.postgres_url or POSTGRES_ADMIN_URL)
-        database_url = databases.create()
-    else:
-        database_url = f"sqlite+aiosqlite:///{tmp / 'data' / 'chainlit.db'}"
+    database_url, databases = bench_database(args, tmp / "data")
     rows: list = []
     notes: list = []
     try:

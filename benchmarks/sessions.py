@@ -89,16 +89,20 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-async def run(args) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
-    databases = None
+def bench_database(args, folder: Path):
+    """The app's database for a run: a throwaway PostgreSQL database (drop it with
+    `databases.drop_all()`), or an SQLite file in `folder`; (its URL, the databases or None)."""
     if args.database == "postgresql":
         from tests.conftest import POSTGRES_ADMIN_URL, ThrowawayDatabases
 
         databases = ThrowawayDatabases(args.postgres_url or POSTGRES_ADMIN_URL)
-        database_url = databases.create()
-    else:
-        database_url = f"sqlite+aiosqlite:///{tmp / 'chainlit.db'}"
+        return databases.create(), databases
+    return f"sqlite+aiosqlite:///{folder / 'chainlit.db'}", None
+
+
+async def run(args) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
+    database_url, databases = bench_database(args, tmp)
     with OpenAICompatServer() as llm:
         llm.responder = titled
         app = RunningApp(tmp, database_url, llm.base_url)
