@@ -67,8 +67,6 @@ async def stream_events(plan: TurnPlan, logger) -> AsyncIterator[bytes]:
                 queue.put_nowait(sse("done", {"message_id": answer.id, "conversation_id": conversation_id,
                                               "text": answer.content, "usage": answer_usage(answer).model_dump(),
                                               "finish_reason": finish_reason(answer)}))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the database refused the turn: said in the stream, and logged
             problem = as_problem(exc) or Problem(500, "internal error; it has been logged")
             log = logger.warning if problem.status < 500 or problem.status == 503 else logger.error

@@ -13,6 +13,8 @@ from chainlit.types import Feedback, Pagination, ThreadFilter
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
 
+from datalayers.writes import is_valid_id
+
 from . import models
 from .auth import Caller
 from .deps import caller, parts
@@ -20,12 +22,12 @@ from .problems import Problem
 from .threads import check_owned, conversation, messages, owned_thread, resolve_settings, stored_settings
 
 router = APIRouter(tags=["conversations"])
-IdPath = str
 MAX_PAGE = 200
 
 
 def _id(value: str, what: str = "conversation") -> str:
-    if not value or len(value) > 255 or "\x00" in value:
+    """The id, or a 404 for one no backend can store (the same answer as for a missing one)."""
+    if not is_valid_id(value):
         raise Problem(404, f"{what} not found")
     return value
 
@@ -66,7 +68,7 @@ async def create_conversation(request: Request, body: models.NewConversation | N
 
 
 @router.get("/conversations/{conversation_id}", response_model=models.Conversation, responses=models.ERRORS)
-async def get_conversation(conversation_id: IdPath, request: Request, who: Caller = Depends(caller)):
+async def get_conversation(conversation_id: str, request: Request, who: Caller = Depends(caller)):
     api = parts(request)
     thread = await owned_thread(api.data_layer, who, _id(conversation_id))
     prompts = await api.service.prompts()
@@ -75,7 +77,7 @@ async def get_conversation(conversation_id: IdPath, request: Request, who: Calle
 
 @router.patch("/conversations/{conversation_id}", response_model=models.Conversation, responses=models.ERRORS,
               summary="Rename a conversation or change its settings")
-async def change_conversation(conversation_id: IdPath, body: models.ConversationChange, request: Request,
+async def change_conversation(conversation_id: str, body: models.ConversationChange, request: Request,
                               who: Caller = Depends(caller)):
     api = parts(request)
     thread = await owned_thread(api.data_layer, who, _id(conversation_id))
@@ -90,7 +92,7 @@ async def change_conversation(conversation_id: IdPath, body: models.Conversation
 
 @router.delete("/conversations/{conversation_id}", status_code=204, responses=models.ERRORS,
                summary="Delete a conversation with its messages and attachments")
-async def delete_conversation(conversation_id: IdPath, request: Request, who: Caller = Depends(caller)):
+async def delete_conversation(conversation_id: str, request: Request, who: Caller = Depends(caller)):
     api = parts(request)
     await check_owned(api.data_layer, who, _id(conversation_id))
     await api.data_layer.delete_thread(conversation_id)
@@ -99,7 +101,7 @@ async def delete_conversation(conversation_id: IdPath, request: Request, who: Ca
 
 @router.get("/conversations/{conversation_id}/messages", response_model=models.MessagePage, responses=models.ERRORS,
             summary="A conversation's messages, oldest first")
-async def list_messages(conversation_id: IdPath, request: Request, who: Caller = Depends(caller),
+async def list_messages(conversation_id: str, request: Request, who: Caller = Depends(caller),
                         limit: int = Query(50, ge=1, le=MAX_PAGE), cursor: str | None = Query(None, max_length=4096)):
     api = parts(request)
     await check_owned(api.data_layer, who, _id(conversation_id))
@@ -121,7 +123,7 @@ async def list_messages(conversation_id: IdPath, request: Request, who: Caller =
 @router.post("/conversations/{conversation_id}/files", status_code=201, response_model=models.FileInfo,
              responses=models.ERRORS,
              summary="Upload a file for the next message (name it in the chat call's file_ids)")
-async def upload_file(conversation_id: IdPath, request: Request, file: UploadFile = File(...),
+async def upload_file(conversation_id: str, request: Request, file: UploadFile = File(...),
                       who: Caller = Depends(caller)):
     api = parts(request)
     await check_owned(api.data_layer, who, _id(conversation_id))
@@ -141,7 +143,7 @@ async def _rated_thread(request: Request, who: Caller, message_id: str) -> str:
 
 @router.put("/messages/{message_id}/feedback", response_model=models.Rating, responses=models.ERRORS,
             summary="Rate a message (1: up, 0: down)")
-async def rate_message(message_id: IdPath, body: models.RatingChange, request: Request, who: Caller = Depends(caller)):
+async def rate_message(message_id: str, body: models.RatingChange, request: Request, who: Caller = Depends(caller)):
     thread_id = await _rated_thread(request, who, message_id)
     await parts(request).data_layer.upsert_feedback(
         Feedback(forId=message_id, threadId=thread_id, value=body.value, comment=body.comment))
@@ -150,7 +152,7 @@ async def rate_message(message_id: IdPath, body: models.RatingChange, request: R
 
 @router.delete("/messages/{message_id}/feedback", status_code=204, responses=models.ERRORS,
                summary="Remove a message's rating")
-async def unrate_message(message_id: IdPath, request: Request, who: Caller = Depends(caller)):
+async def unrate_message(message_id: str, request: Request, who: Caller = Depends(caller)):
     api = parts(request)
     thread_id = await _rated_thread(request, who, message_id)
     thread = await owned_thread(api.data_layer, who, thread_id)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -101,8 +100,11 @@ class PendingUploads:
 
     def discard(self, files: list[PendingFile]) -> None:
         for record in files:
-            for path in self._paths(record.id):
-                path.unlink(missing_ok=True)
+            self._remove(record.id)
+
+    def _remove(self, file_id: str) -> None:
+        for path in self._paths(file_id):
+            path.unlink(missing_ok=True)
 
     def sweep(self) -> None:
         """Remove files older than `max_age_seconds` that no message used."""
@@ -112,9 +114,6 @@ class PendingUploads:
         for meta_path in self.folder.glob("*.json"):
             try:
                 if meta_path.stat().st_mtime < limit:
-                    self.discard([PendingFile(meta_path.stem, "", "", 0, "", "", meta_path)])
+                    self._remove(meta_path.stem)
             except FileNotFoundError:
                 continue
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
