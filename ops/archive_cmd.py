@@ -1,0 +1,7 @@
+"""Placeholder: filled in next."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    pass
