@@ -8,6 +8,7 @@ from .base import (
     StorageAccessDenied,
     StorageClosed,
     StorageError,
+    StoredObject,
     element_object_key,
     validate_object_key,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "StorageAccessDenied",
     "StorageClosed",
     "StorageError",
+    "StoredObject",
     "element_object_key",
     "validate_object_key",
 ]

@@ -36,6 +36,7 @@ from .base import (
     ObjectNotFound,
     StorageAccessDenied,
     StorageError,
+    StoredObject,
 )
 from .content_types import Delivery
 
@@ -225,6 +226,24 @@ class AzureDataLakeStorage(BlobStorage):
             error_type = StorageAccessDenied if denied else StorageError
             raise error_type(f"{len(errors)} of {len(unique)} deletes failed; first: {errors[0]}") from errors[0]
 
+    async def _list(self, prefix):
+        # get_paths lists a directory (recursively, in pages the SDK follows): the deepest
+        # folder that holds every key with this prefix; the base filters the rest out.
+        folder = (self.prefix + prefix).rpartition("/")[0]
+        try:
+            async for path in self._fs.get_paths(path=folder or None, recursive=True):
+                if path.is_directory:
+                    continue
+                key = str(path.name)[len(self.prefix):]
+                if key:
+                    yield StoredObject(key, int(path.content_length or 0), _aware(path.last_modified))
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) in ("FilesystemNotFound", "ContainerNotFound"):
+                raise self._translate(exc, "list", prefix) from exc
+            return  # no such folder: nothing under this prefix
+        except AzureError as exc:
+            raise self._translate(exc, "list", prefix) from exc
+
     async def _read_url(self, key, served: Delivery):
         path = self._path(key)
         directory, _, file_name = path.rpartition("/")
@@ -275,6 +294,12 @@ class AzureDataLakeStorage(BlobStorage):
         finally:
             if self._owned_credential is not None:
                 await self._owned_credential.close()
+
+
+def _aware(moment: Any) -> dt.datetime:
+    if not isinstance(moment, dt.datetime):
+        return dt.datetime.now(dt.UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _blob_endpoint(url: str) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import unicodedata
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -111,6 +113,15 @@ def element_object_key(user: str | None, thread_id: str, element_id: str, name: 
     return validate_object_key("/".join(parts))
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One object of a listing: its key, size in bytes and last change (aware UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
 def object_filename(key: str) -> str:
     """The file name a download of `key` gets: its last segment."""
     return key.rsplit("/", 1)[-1]
@@ -173,6 +184,23 @@ class BlobStorage(BaseStorageClient):
         filename = object_filename(key)
         return await self._read_url(key, delivery(mime or guess_media_type(filename), filename))
 
+    async def list_objects(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        """Every object whose key starts with `prefix` (a plain string prefix, as on S3:
+        `a/b` matches `a/b/c` and `a/bc`), streamed page by page so that a store of a
+        million objects is never held in memory. The order is the backend's."""
+        self._check_open()
+        if not isinstance(prefix, str) or "\x00" in prefix:
+            raise InvalidObjectKey("a listing prefix must be a string without NUL")
+        prefix = unicodedata.normalize("NFC", prefix)
+        async for item in self._list(prefix):
+            if item.key.startswith(prefix):
+                yield item
+
+    async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """The keys of `list_objects(prefix)`."""
+        async for item in self.list_objects(prefix):
+            yield item.key
+
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -211,6 +239,13 @@ class BlobStorage(BaseStorageClient):
     async def _read_url(self, key: str, served: Delivery) -> str:
         """A URL a browser can GET the object from (signed and expiring where possible),
         served with `served`'s type and disposition where the link can say so."""
+
+    def _list(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Objects whose key may start with `prefix` (an async generator); the base drops
+        any that do not, so a backend may list a little more (a whole folder). Not abstract:
+        a client written before listing existed still stores and serves; only the operator
+        commands that list (sweep) refuse it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its objects")
 
     async def _close(self) -> None:
         return None

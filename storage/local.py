@@ -24,6 +24,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -37,6 +39,7 @@ from .base import (
     ObjectNotFound,
     StorageAccessDenied,
     StorageError,
+    StoredObject,
     object_filename,
     validate_object_key,
 )
@@ -159,7 +162,33 @@ class LocalStorage(BlobStorage):
     async def _delete_many(self, keys):
         await asyncio.to_thread(self._delete_sync, keys)
 
+    async def _list(self, prefix):
+        # The directory walk runs in a worker thread a batch at a time: the event loop
+        # never waits on the disk, and a big tree is never held in memory at once.
+        walk = self._walk(prefix)
+        while batch := await asyncio.to_thread(_take, walk, 500):
+            for item in batch:
+                yield item
+
     # ---- blocking work, run in threads ---------------------------------------------
+    def _walk(self, prefix: str) -> Iterator[StoredObject]:
+        folder = prefix.rpartition("/")[0]
+        start = self._objects / folder if folder else self._objects
+        if folder and not start.resolve().is_relative_to(self._objects_real):
+            return
+        for directory, subdirs, files in os.walk(start):
+            subdirs.sort()  # a stable order from one run to the next
+            base = Path(directory).relative_to(self._objects).as_posix()
+            for name in sorted(files):
+                key = name if base == "." else f"{base}/{name}"
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat_result = os.stat(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue  # deleted while we walked
+                yield StoredObject(key, stat_result.st_size, datetime.fromtimestamp(stat_result.st_mtime, UTC))
+
     def _write_temp(self, data: bytes) -> str:
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="up-")
         try:
@@ -334,6 +363,15 @@ class _translated:
         if exc.errno == errno.ENAMETOOLONG:
             raise InvalidObjectKey(f"object key has a segment too long for this filesystem: {self.key!r}") from exc
         raise StorageError(f"local storage failed on {self.key!r}: {exc}") from exc
+
+
+def _take(items: Iterator[StoredObject], count: int) -> list[StoredObject]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == count:
+            break
+    return batch
 
 
 def _unlink_quietly(path: str | Path) -> None:

@@ -7,11 +7,12 @@ storage contract knows not to expect signature checks here.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from ._url import expiry_from, query_params
-from .base import BlobStorage, ObjectExists, ObjectNotFound
+from .base import BlobStorage, ObjectExists, ObjectNotFound, StoredObject
 
 
 class MemoryStorage(BlobStorage):
@@ -20,6 +21,7 @@ class MemoryStorage(BlobStorage):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.objects: dict[str, tuple[bytes, str, str | None]] = {}
+        self.modified: dict[str, datetime] = {}
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -34,6 +36,7 @@ class MemoryStorage(BlobStorage):
             if not overwrite and key in self.objects:
                 raise ObjectExists(f"object already exists: {key}")
             self.objects[key] = (body, mime, content_disposition)
+            self.modified[key] = datetime.now(UTC)
 
     async def _read(self, key):
         try:
@@ -43,6 +46,14 @@ class MemoryStorage(BlobStorage):
 
     async def _delete(self, key):
         self.objects.pop(key, None)
+        self.modified.pop(key, None)
+
+    async def _list(self, prefix):
+        # A snapshot of the keys: uploads and deletes during the listing must not break it.
+        for key in sorted(k for k in self.objects if k.startswith(prefix)):
+            entry = self.objects.get(key)
+            if entry is not None:
+                yield StoredObject(key, len(entry[0]), self.modified.get(key) or datetime.now(UTC))
 
     async def _read_url(self, key, served):
         return "memory://" + quote(key)

@@ -27,6 +27,7 @@ from .base import (
     ObjectNotFound,
     StorageAccessDenied,
     StorageError,
+    StoredObject,
 )
 from .content_types import Delivery
 
@@ -220,6 +221,23 @@ class S3Storage(BlobStorage):
                 failed = ", ".join(f"{e.get('Key')}: {e.get('Code')}" for e in errors[:10])
                 error_type = StorageAccessDenied if denied else StorageError
                 raise error_type(f"could not delete {len(errors)} of {len(chunk)} objects ({failed})")
+
+    async def _list(self, prefix):
+        client = await self._s3()
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:
+            try:
+                # ListObjectsV2, a page (at most 1000 keys) per request, in key order.
+                page = await client.list_objects_v2(**params)
+            except (ClientError, BotoCoreError) as exc:
+                raise self._translate(exc, "list", prefix) from exc
+            for entry in page.get("Contents", []):
+                key = entry["Key"][len(self.prefix):]
+                if key:
+                    yield StoredObject(key, int(entry.get("Size", 0)), entry["LastModified"])
+            if not page.get("IsTruncated"):
+                return
+            params["ContinuationToken"] = page["NextContinuationToken"]
 
     async def _read_url(self, key, served: Delivery):
         full = self._full_key(key)

@@ -27,6 +27,7 @@ emulator (moto) serves the backend's URLs without checking them.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import uuid
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -251,6 +252,53 @@ class StorageContract:
         status, body = await fetch_url(swapped)
         assert status == 403 and body != b"other secret"
 
+    # ---- listing -------------------------------------------------------------------
+    async def test_list_keys_by_prefix(self, storage):
+        root = f"list-user/{uuid.uuid4().hex}"
+        wanted = sorted([f"{root}/t1/e1/a.txt", f"{root}/t1/e2/b.txt", f"{root}/t10/e3/c.txt",
+                         f"{root}/t2/e4/d.txt"])
+        await asyncio.gather(*(storage.upload_file(k, k) for k in wanted))
+        assert sorted([k async for k in storage.list_keys(f"{root}/")]) == wanted
+        # A plain string prefix, not a folder: t1 also matches t10, as on S3.
+        assert sorted([k async for k in storage.list_keys(f"{root}/t1")]) == wanted[:3]
+        assert sorted([k async for k in storage.list_keys(f"{root}/t1/")]) == wanted[:2]
+        assert [k async for k in storage.list_keys(f"{root}/t1/e1/a.txt")] == [wanted[0]]
+        assert [k async for k in storage.list_keys(f"{root}/none/")] == []
+        assert [k async for k in storage.list_keys(f"list-user/{uuid.uuid4().hex}")] == []
+        everything = {k async for k in storage.list_keys()}
+        assert set(wanted) <= everything
+
+    async def test_list_objects_size_and_time(self, storage):
+        key = _key("sized.bin")
+        before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        await storage.upload_file(key, b"x" * 1234)
+        [item] = [o async for o in storage.list_objects(key.rsplit("/", 1)[0] + "/")]
+        assert (item.key, item.size) == (key, 1234)
+        assert item.modified.tzinfo is not None
+        assert before <= item.modified <= dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+
+    async def test_list_after_delete_and_unicode(self, storage):
+        root = f"list-user/{uuid.uuid4().hex}"
+        keys = [f"{root}/{name}" for name in UNICODE_KEYS]
+        await asyncio.gather(*(storage.upload_file(k, b"u") for k in keys))
+        assert sorted([k async for k in storage.list_keys(root + "/")]) == sorted(keys)
+        await storage.delete_files(keys[:2])
+        assert sorted([k async for k in storage.list_keys(root + "/")]) == sorted(keys[2:])
+
+    async def test_list_pages_through_many(self, storage):
+        # More than one page on backends that page (S3 returns 1000 at most per request).
+        root = f"list-many/{uuid.uuid4().hex}"
+        keys = [f"{root}/t/e{i:04d}/f" for i in range(1100)]
+        limit = asyncio.Semaphore(32)
+
+        async def put(key):
+            async with limit:
+                await storage.upload_file(key, b"")
+
+        await asyncio.gather(*(put(k) for k in keys))
+        listed = [k async for k in storage.list_keys(root + "/")]
+        assert sorted(listed) == keys and len(listed) == len(set(listed))
+
     # ---- lifecycle -----------------------------------------------------------------
     async def test_close_twice_then_use_raises(self, storage):
         key = _key()
@@ -263,6 +311,7 @@ class StorageContract:
             lambda: storage.delete_file(key),
             lambda: storage.delete_files([key]),
             lambda: storage.get_read_url(key),
+            lambda: anext(storage.list_keys()),
         ):
             with pytest.raises(StorageClosed):
                 await call()

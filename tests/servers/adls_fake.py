@@ -12,6 +12,8 @@ properties go through the Blob API even in the Data Lake SDK):
     GET    /{fs}/{path}   (x-ms-range / Range)                  read, 206 for ranges
     HEAD   /{fs}/{path}                                         properties
     DELETE /{fs}/{path}                                         delete (404 PathNotFound)
+    GET    /{fs}?resource=filesystem&directory=D&recursive=B   list paths (paged: maxResults,
+                                                               x-ms-continuation)
 
 Requests authenticate with Shared Key (an `Authorization: SharedKey {account}:...` header,
 checked loosely) or with a service SAS, which is checked for real: signature (HMAC-SHA256
@@ -169,8 +171,41 @@ class FakeAdls:
                 self.directories = {d for d in self.directories if d[0] != fs}
             return Response(status_code=202)
         if fs not in self.file_systems:
+            if request.method == "GET" and request.query_params.get("resource") == "filesystem":
+                return _error(404, "FilesystemNotFound", "The specified filesystem does not exist.")
             return _error(404, "ContainerNotFound", "no such file system", blob_api=True)
+        if request.method == "GET" and request.query_params.get("resource") == "filesystem":
+            return self._list_paths(request, fs)
         return Response(status_code=200, headers=self._common_headers())
+
+    def _list_paths(self, request: Request, fs: str) -> Response:
+        """Path - List: files and directories under `directory`, in name order, a page of
+        `maxResults` at a time with the next page's name as the continuation token."""
+        directory = request.query_params.get("directory", "").strip("/")
+        recursive = request.query_params.get("recursive", "false") == "true"
+        # The service's default page is 5000 paths; a smaller one here makes the tests page.
+        limit = int(request.query_params.get("maxResults") or 500)
+        after = request.query_params.get("continuation", "")
+        with self._lock:
+            if directory and (fs, directory) not in self.directories:
+                return _error(404, "PathNotFound", "The specified path does not exist.")
+            under = f"{directory}/" if directory else ""
+            entries = [(p, self.files.get((f, p))) for (f, p) in [*self.files, *self.directories]
+                       if f == fs and p.startswith(under) and (recursive or "/" not in p[len(under):])]
+        entries.sort(key=lambda item: item[0])
+        page = [item for item in entries if item[0] >= after][: limit + 1]
+        paths = []
+        for name, entry in page[:limit]:
+            if entry is None:
+                paths.append({"name": name, "isDirectory": "true", "contentLength": "0",
+                              "lastModified": formatdate(usegmt=True), "etag": '"0x0"'})
+            else:
+                paths.append({"name": name, "contentLength": str(len(entry.committed)),
+                              "lastModified": formatdate(entry.modified, usegmt=True), "etag": entry.etag})
+        headers = self._common_headers()
+        if len(page) > limit:
+            headers["x-ms-continuation"] = page[limit][0]
+        return JSONResponse({"paths": paths}, headers=headers)
 
     # ---- paths -----------------------------------------------------------------------
     async def _path(self, request: Request) -> Response:
