@@ -43,6 +43,7 @@ from .credentials import Credentials
 from .elements import Attachments, sign_element_urls
 from .errors import NotFound, NotYours, RequestError
 from .journal import Entry, WriteJournal
+from .listing import Listing
 from .messages import MessagePages
 from .owners import ThreadOwners
 from .paging import CursorCodec, page_size, search_term
@@ -88,7 +89,7 @@ def _merge_entries(earlier: Entry, later: Entry) -> bool:
     return True
 
 
-class PersistentDataLayer(Credentials, MessagePages, BaseDataLayer):
+class PersistentDataLayer(Listing, Credentials, MessagePages, BaseDataLayer):
     logger: logging.Logger = logging.getLogger("chainlit")
     #: Saving lags when a write has waited this long: the status says so, the chat tells the user.
     lag_seconds = 3.0

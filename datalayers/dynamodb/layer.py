@@ -55,6 +55,7 @@ from .items import (
     user_key,
 )
 from .large import LargeAttributes, put_versioned
+from .listing import DynamoDBListing
 from .provision import TEMPLATE_PATH, check_table_description, provision_table
 from .search import DigestMemory
 from .sessions import DynamoDBSessionRevocations
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
 USER_CACHE_SIZE = 10_000
 
 
-class DynamoDBDataLayer(DynamoDBApiTokens, DynamoDBSessionRevocations, PersistentDataLayer):
+class DynamoDBDataLayer(DynamoDBListing, DynamoDBApiTokens, DynamoDBSessionRevocations, PersistentDataLayer):
     """Chainlit data layer on one DynamoDB table. Public constructor; or `from_url`."""
 
     logger = chainlit_logger.getChild("DynamoDB")

@@ -36,6 +36,7 @@ from ..writes import StepWrite, ThreadWrite
 from . import nul
 from .api_tokens import SQLApiTokens
 from .failures import TRANSIENT, failure_kind
+from .listing import SQLListing
 from .messages import SQLMessagePages
 from .schema import elements, feedbacks, steps, threads, users
 from .sessions import SQLSessionRevocations
@@ -76,7 +77,7 @@ def _step_dict(row) -> dict:
     return data
 
 
-class SQLAlchemyDataLayer(SQLApiTokens, SQLSessionRevocations, SQLMessagePages, PersistentDataLayer):
+class SQLAlchemyDataLayer(SQLListing, SQLApiTokens, SQLSessionRevocations, SQLMessagePages, PersistentDataLayer):
     """Chainlit data layer on SQLAlchemy. Public constructor: pass a URL, or use `from_url`."""
 
     logger = chainlit_logger.getChild("SQLAlchemy")
