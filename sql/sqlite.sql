@@ -24,6 +24,8 @@ CREATE TABLE threads (
 	CONSTRAINT "threads_userId_fkey" FOREIGN KEY("userId") REFERENCES users (id) ON DELETE CASCADE
 );
 
+CREATE INDEX ix_threads_updated ON threads ("updatedAt", id);
+
 CREATE INDEX ix_threads_user_updated ON threads ("userId", "updatedAt", id);
 
 CREATE TABLE steps (

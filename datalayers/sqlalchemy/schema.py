@@ -13,6 +13,7 @@ is upgraded in place (see migrations/versions/0002). What we add and why:
 * one index per access path (sidebar, thread load, element and feedback lookups).
 * `session_revocations`: when each user's login sessions were last ended (revision 0004).
 * `api_tokens`: personal API tokens, only their SHA-256 hashes (revision 0005).
+* `threads(updatedAt, id)`: the retention job's listing across users (revision 0006).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ threads = _table(
     Column("metadata", JSON_DOC),
     # The sidebar: a user's threads, most recently active first, keyset-paged on (updatedAt, id).
     Index("ix_threads_user_updated", "userId", "updatedAt", "id"),
+    # Retention: every user's threads inactive since a cutoff, oldest first (revision 0006).
+    Index("ix_threads_updated", "updatedAt", "id"),
 )
 
 steps = _table(

@@ -72,7 +72,7 @@ async def test_fresh_database_migrates_to_exactly_the_schema(backend, sql_url_fa
         await migrations.upgrade(engine)  # idempotent: a second run is a no-op
         async with engine.connect() as conn:
             assert await conn.run_sync(_diffs) == []
-            assert await conn.run_sync(migrations.current_revision_sync) == "0005"
+            assert await conn.run_sync(migrations.current_revision_sync) == "0006"
             names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
             if backend == "postgresql":
                 indexes = {i["name"] for t in ("steps", "threads") for i in await conn.run_sync(
