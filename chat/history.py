@@ -95,24 +95,11 @@ def build_messages(
     context_tokens: int,
     max_tokens: int | None,
 ) -> list[dict[str, str]]:
-    """System prompt + the newest history that fits + the new user message."""
-    budget = context_tokens - answer_reserve(context_tokens, max_tokens)
-    budget -= estimate_tokens(system) + MESSAGE_OVERHEAD_TOKENS
-    user_room = max(budget - MESSAGE_OVERHEAD_TOKENS, 0)
-    user_content = truncate_to_tokens(user_content, user_room)
-    budget -= estimate_tokens(user_content) + MESSAGE_OVERHEAD_TOKENS
+    """System prompt + the newest history that fits + the new user message (the context
+    builder without summary or sources; imported here, as it builds on this module)."""
+    from knowledge.context import ContextBuilder
 
-    candidates = list(history)[-max_messages:] if max_messages > 0 else []
-    kept: list[Turn] = []
-    for turn in reversed(candidates):
-        cost = estimate_tokens(turn.content) + MESSAGE_OVERHEAD_TOKENS
-        if cost > budget:
-            break
-        kept.append(turn)
-        budget -= cost
-    kept.reverse()
-
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.extend(t.as_message() for t in kept)
-    messages.append({"role": "user", "content": user_content})
-    return messages
+    context = ContextBuilder(context_tokens).build(
+        system, user_content, history, history_length=max_messages, max_tokens=max_tokens
+    )
+    return context.messages
