@@ -381,9 +381,9 @@ def _token_parser(sub) -> None:
     revoke.add_argument("--all", action="store_true", help="every token of the user")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m chat.users", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_user_commands(sub) -> None:
+    """The subcommands (add, remove, logout, list, token, hash): shared by `python -m
+    chat.users` and `chainlit-persist users`."""
     add = sub.add_parser("add", help="add a user or change their password")
     add.add_argument("name")
     add.add_argument("--display-name")
@@ -397,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     _token_parser(sub)
     hsh = sub.add_parser("hash", help="print a password hash (for APP_USERS)")
     hsh.add_argument("--password-stdin", action="store_true")
-    args = parser.parse_args(argv)
 
+
+def run_command(args) -> int:
+    """Run a parsed users subcommand (blocking: it runs its own event loop for the database)."""
     from chat.private_files import private_by_default
     from settings import load_settings
 
@@ -427,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(hash_password(_read_new_password(args)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chat.users", description=__doc__.split("\n\n")[0])
+    add_user_commands(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,31 +1,22 @@
-"""`python -m datalayers.migrations upgrade|current|ddl`."""
+"""`python -m datalayers.migrations upgrade|current [--url URL]` (also
+`chainlit-persist migrate`)."""
 
 import argparse
 import asyncio
 
-from sqlalchemy.ext.asyncio import create_async_engine
-
-from datalayers.migrations import current_revision_sync, upgrade
-from settings import load_settings, redact_url
+from settings import load_settings
 
 
-async def main() -> None:
+def main() -> None:
+    from ops.schema_cmd import migrate_sql
+
     parser = argparse.ArgumentParser(prog="python -m datalayers.migrations")
     parser.add_argument("command", choices=["upgrade", "current"])
     parser.add_argument("--url", help="database URL (default: DATABASE_URL / the embedded SQLite file)")
     args = parser.parse_args()
-    from datalayers.sqlalchemy import normalize_database_url
-
-    url = normalize_database_url(args.url or load_settings(export_secret=False).database_url)
-    engine = create_async_engine(url)
-    try:
-        if args.command == "upgrade":
-            await upgrade(engine)
-        async with engine.connect() as connection:
-            revision = await connection.run_sync(current_revision_sync)
-        print(f"{redact_url(url)}: revision {revision}")
-    finally:
-        await engine.dispose()
+    shown, revision = asyncio.run(migrate_sql(args.url or load_settings(export_secret=False).database_url,
+                                              args.command))
+    print(f"{shown}: revision {revision}")
 
 
-asyncio.run(main())
+main()
