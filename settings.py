@@ -215,6 +215,8 @@ class Settings:
     # The HTTP API (`/api/v1`): requests per minute per token, and the largest JSON body.
     api_rate_per_minute: int = 120
     api_max_body_bytes: int = 2 * 1024 * 1024
+    # The knowledge index (documents, linked pages): KNOWLEDGE_URL, None when turned off.
+    knowledge_url: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:  # never print passwords or secrets
         return (
@@ -243,6 +245,14 @@ class Settings:
             else resolve_backend(self.storage_url, STORAGE_SCHEMES, "storage")
         )
         return cls.from_url(self.storage_url, data_dir=self.data_dir, secret=self.storage_secret)
+
+    def build_knowledge_index(self):
+        """The configured knowledge index (not started), or None when KNOWLEDGE_URL is off."""
+        if self.knowledge_url is None:
+            return None
+        from knowledge import KNOWLEDGE_SCHEMES
+
+        return resolve_backend(self.knowledge_url, KNOWLEDGE_SCHEMES, "knowledge index")(self.knowledge_url)
 
     def build_data_layer(self, storage=None):
         """The configured data layer, with the configured storage client unless given one."""
@@ -314,4 +324,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, 
         max_message_bytes=_max_message_bytes(env.get("APP_MAX_MESSAGE_BYTES")),
         api_rate_per_minute=int(_env_number(env, "API_RATE_LIMIT_PER_MINUTE", 120, 1, 100_000)),
         api_max_body_bytes=int(_env_number(env, "API_MAX_BODY_BYTES", 2 * 1024 * 1024, 1024, 64 * 1024 * 1024)),
+        knowledge_url=_knowledge_url(env, data_dir),
     )
+
+
+def _knowledge_url(env: Mapping[str, str], data_dir: Path) -> str | None:
+    from knowledge.config import load_knowledge_config
+
+    return load_knowledge_config(data_dir, env).url

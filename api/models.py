@@ -29,6 +29,8 @@ class ConversationSettings(Strict):
     max_tokens: int | None = Field(None, ge=0, le=1_000_000, description="0: no limit")
     history_length: int | None = Field(None, ge=0, le=1000)
     prompt: str | None = Field(None, max_length=200)
+    read_links: bool | None = Field(None, description="fetch the web pages a message links")
+    all_documents: bool | None = Field(None, description="retrieve from the documents of all the user's conversations")
 
 
 class Settings(BaseModel):
@@ -37,6 +39,8 @@ class Settings(BaseModel):
     max_tokens: int
     history_length: int
     prompt: str
+    read_links: bool = True
+    all_documents: bool = False
 
 
 class Conversation(BaseModel):

@@ -1,5 +1,5 @@
 """The per-thread chat settings (model, temperature, max tokens, history length, prompt
-template): what the settings panel shows, what thread metadata stores under `chat_settings`,
+template, reading links, searching all of the user's documents): what the settings panel shows, what thread metadata stores under `chat_settings`,
 and what the API accepts per conversation or per call."""
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ class ThreadSettings:
     max_tokens: int  # <= 0: no limit
     history_length: int
     prompt: str
+    read_links: bool = True  # fetch the pages a message links (KNOWLEDGE_READ_LINKS=false: never)
+    all_documents: bool = False  # retrieve from every thread's documents, not only this one's
 
     @property
     def max_tokens_or_none(self) -> int | None:
@@ -48,6 +50,8 @@ class ThreadSettings:
             max_tokens=int(_number(values.get("max_tokens"), base.max_tokens)),
             history_length=max(int(_number(values.get("history_length"), base.history_length)), 0),
             prompt=prompt if isinstance(prompt, str) and prompt in prompts.templates else base.prompt,
+            read_links=_flag(values.get("read_links"), base.read_links),
+            all_documents=_flag(values.get("all_documents"), base.all_documents),
         )
 
     def as_values(self) -> dict[str, Any]:
@@ -57,6 +61,8 @@ class ThreadSettings:
             "max_tokens": self.max_tokens,
             "history_length": self.history_length,
             "prompt": self.prompt,
+            "read_links": self.read_links,
+            "all_documents": self.all_documents,
         }
 
 
@@ -67,3 +73,7 @@ def _number(value: Any, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         return default
+
+
+def _flag(value: Any, default: bool) -> bool:
+    return value if isinstance(value, bool) else default

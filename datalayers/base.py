@@ -40,6 +40,7 @@ from chainlit.user import PersistedUser, User
 
 from .actor import current_session_thread, current_user_identifier
 from .credentials import Credentials
+from .derived import DerivedStore, DerivedStores
 from .elements import Attachments, sign_element_urls
 from .errors import NotFound, NotYours, RequestError
 from .journal import Entry, WriteJournal
@@ -121,11 +122,17 @@ class PersistentDataLayer(Listing, Credentials, MessagePages, BaseDataLayer):
         self._identifiers: dict[str, str] = {}
         self.owners = ThreadOwners(self.logger, self._thread_author)
         self.attachments = Attachments(self)
+        self.derived = DerivedStores(self)
 
     # ------------------------------------------------------------------ operating
     async def start(self) -> None:
         """Replay writes a previous run left in the journal (also done on first use)."""
         await self.writes.start()
+
+    def add_derived_store(self, store: DerivedStore) -> None:
+        """Register a store of data derived from threads (the knowledge index): it is told to
+        forget a thread, message or attachment when that is deleted (derived.py)."""
+        self.derived.add(store)
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every journaled write is in the database; False if `timeout` ran out."""
@@ -244,12 +251,17 @@ class PersistentDataLayer(Listing, Credentials, MessagePages, BaseDataLayer):
             await self._write_thread(ThreadWrite.from_json(payload), entry.actor)
         elif entry.kind == "step_delete":
             await self._delete_blobs(await self._remove_step(payload["id"], entry.lane or None), entry.lane)
+            # Both keys: what is forgotten must be this thread's step (the lane was checked).
+            await self.derived.forget(step_id=payload["id"], thread_id=entry.lane or None)
         elif entry.kind == "element":
             await self.attachments.apply_write(entry)
         elif entry.kind == "element_delete":
-            await self.attachments.apply_delete(entry)
+            if await self.attachments.apply_delete(entry):
+                await self.derived.forget(element_id=payload["id"], thread_id=payload.get("threadId"))
         elif entry.kind == "blobs_delete":
             await self.attachments.apply_cleanup(entry)
+        elif entry.kind == "derived_forget":
+            await self.derived.apply(entry)
         else:
             raise ValueError(f"unknown journal entry kind {entry.kind!r}")
 
@@ -406,6 +418,7 @@ class PersistentDataLayer(Listing, Credentials, MessagePages, BaseDataLayer):
         self.owners.forget(thread_id)
         await self._settle(thread_id)
         await self._delete_blobs(await self._remove_thread(thread_id), thread_id)
+        await self.derived.forget(thread_id=thread_id)
 
     # ------------------------------------------------------------------ for backends
     # Each is one database operation; the public methods above call them.

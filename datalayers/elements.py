@@ -320,11 +320,13 @@ class Attachments:
             return
         await self.delete_blobs(await self.layer._write_element(row, entry.actor), entry.lane)
 
-    async def apply_delete(self, entry: Entry) -> None:
+    async def apply_delete(self, entry: Entry) -> bool:
+        """Apply a journaled element delete; False when it was refused (not the user's)."""
         if await self._refused_when_applied(entry, "delete"):
-            return
+            return False
         payload = entry.payload
         await self.delete_blobs(await self.layer._remove_element(payload["id"], payload.get("threadId")), entry.lane)
+        return True
 
     # ---------------------------------------------------------------- blobs
     async def delete_blobs(self, keys: list[str], thread_id: str) -> None:
