@@ -20,6 +20,7 @@ from chainlit.user import User
 
 from datalayers.actor import request_user
 from storage.base import ObjectNotFound
+from tests.contracts.derived import DerivedStoreContract
 
 
 def new_id() -> str:
@@ -46,7 +47,7 @@ def timestamp(second: int) -> str:
     return f"2026-01-01T00:{second // 60:02d}:{second % 60:02d}.000000Z"
 
 
-class DataLayerContract:
+class DataLayerContract(DerivedStoreContract):
     """Subclasses provide the `datalayer` fixture."""
 
     # ------------------------------------------------------------------ helpers
