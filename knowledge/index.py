@@ -37,7 +37,7 @@ class Chunk:
     """One passage of a document (an attachment) or of a fetched web page."""
 
     id: str  # stable: f"{document_id}:{ordinal}", so re-ingesting replaces
-    user_id: str  # the owner (the persisted user's id); every search filters on it
+    user_id: str  # the owner: the user IDENTIFIER (login name), not a database user id; every search filters on it
     thread_id: str
     document_id: str  # the element id of the attachment or page text
     ordinal: int  # position in the document, from 0
