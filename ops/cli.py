@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ops.users_cmd",
     "ops.schema_cmd",
     "ops.archive_cmd",
+    "ops.retention_cmd",
 )
 
 logger = logging.getLogger("chainlit").getChild("ops")
