@@ -8,13 +8,24 @@ records every request body so tests can assert what the model was sent.
 Behaviour is scripted per request: `server.script(Reply(...), Fail(429), Stall(...))`
 queues actions consumed in order; with an empty queue, `server.responder(body)` answers.
 
+`POST /v1/embeddings` answers in OpenAI's shape (floats, or base64 float32 as the SDK asks by
+default) with deterministic vectors: a hashed bag of word stems and character trigrams, so
+texts that share words are close. Its requests are recorded in `embedding_requests` and its
+own queue is scripted with `server.script_embeddings(Fail(503), Stall(...))`; a model outside
+`embedding_models` is a 404 like OpenAI's.
+
     with OpenAICompatServer() as server:
         client = AsyncOpenAI(base_url=server.base_url, api_key="test")
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import re
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +79,43 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+EMBEDDING_MODELS = ("test-embedding", "text-embedding-3-small")
+EMBEDDING_DIMENSIONS = 256
+_WORD = re.compile(r"\w+")
+_SUFFIXES = ("ing", "ed", "es", "s")
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _bucket(feature: str, dimensions: int) -> tuple[int, float]:
+    digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+    value = int.from_bytes(digest, "little")
+    return value % dimensions, (1.0 if value >> 63 else -1.0)
+
+
+def hashed_embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic unit vector: word stems (weight 1) and their character trigrams (0.3)
+    hashed into `dimensions` signed buckets. Texts sharing words have a high cosine."""
+    vector = [0.0] * dimensions
+    for word in _WORD.findall(text.lower()):
+        stem = _stem(word)
+        index, sign = _bucket("w:" + stem, dimensions)
+        vector[index] += sign
+        padded = f"<{stem}>"
+        for i in range(len(padded) - 2):
+            index, sign = _bucket("t:" + padded[i : i + 3], dimensions)
+            vector[index] += 0.3 * sign
+    norm = math.sqrt(sum(x * x for x in vector))
+    if norm == 0.0:  # no word at all: a fixed unit vector rather than zeros
+        vector[0], norm = 1.0, 1.0
+    return [x / norm for x in vector]
+
+
 class _Server(ThreadingHTTPServer):
     # socketserver's default backlog is 5: twenty clients at once would wait for the
     # kernel's SYN retry (about a second).
@@ -81,6 +129,9 @@ class OpenAICompatServer:
         self.headers: list[dict[str, str]] = []
         self.responder: Callable[[dict], str] = default_responder
         self._script: list[Reply | Fail | Stall] = []
+        self.embedding_models: set[str] = set(EMBEDDING_MODELS)
+        self.embedding_requests: list[dict[str, Any]] = []
+        self._embedding_script: list[Fail | Stall] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd = _Server((host, port), self._handler_class())
@@ -100,6 +151,11 @@ class OpenAICompatServer:
         with self._lock:
             self._script.extend(actions)
 
+    def script_embeddings(self, *actions: Fail | Stall) -> None:
+        """Queue failures or stalls for the next embedding requests (apart from chat's)."""
+        with self._lock:
+            self._embedding_script.extend(actions)
+
     def chat_requests(self, stream: bool | None = None) -> list[dict[str, Any]]:
         with self._lock:
             items = list(self.requests)
@@ -110,6 +166,9 @@ class OpenAICompatServer:
             self.requests.clear()
             self.headers.clear()
             self._script.clear()
+            self.embedding_requests.clear()
+            self._embedding_script.clear()
+        self.embedding_models = set(EMBEDDING_MODELS)
         self.responder = default_responder
 
     def start(self) -> OpenAICompatServer:
@@ -167,6 +226,9 @@ class OpenAICompatServer:
                     self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
 
             def do_POST(self):
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    self._embeddings()
+                    return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
                     return
@@ -194,6 +256,64 @@ class OpenAICompatServer:
                     self._stream(body, action)
                 else:
                     self._whole(body, action)
+
+            def _invalid(self, message: str, status: int = 400, code: str | None = None) -> None:
+                self._json(status, {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+
+            def _embeddings(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except json.JSONDecodeError:
+                    self._invalid("invalid JSON")
+                    return
+                with server._lock:
+                    server.embedding_requests.append(body)
+                    action = server._embedding_script.pop(0) if server._embedding_script else None
+                if isinstance(action, Fail):
+                    self._json(
+                        action.status,
+                        {"error": {"message": action.message, "type": action.error_type, "code": None}},
+                        action.headers,
+                    )
+                    return
+                if isinstance(action, Stall):
+                    server._stopping.wait(action.seconds)
+                    self.close_connection = True
+                    return
+                model = body.get("model")
+                if model not in server.embedding_models:
+                    self._invalid(f"The model `{model}` does not exist or you do not have access to it.", 404, "model_not_found")
+                    return
+                texts = body.get("input")
+                if isinstance(texts, str):
+                    texts = [texts]
+                if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                    self._invalid("'input' must be a string or a non-empty list of strings (token arrays are not supported here)")
+                    return
+                if len(texts) > 2048 or any(not t for t in texts):
+                    self._invalid("'$.input' is invalid: at most 2048 inputs, none of them empty")
+                    return
+                dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+                if not isinstance(dimensions, int) or not 1 <= dimensions <= 4096:
+                    self._invalid("'dimensions' must be an integer between 1 and 4096")
+                    return
+                encoding = body.get("encoding_format") or "float"
+                if encoding not in ("float", "base64"):
+                    self._invalid("'encoding_format' must be 'float' or 'base64'")
+                    return
+                data = []
+                for index, text in enumerate(texts):
+                    vector = hashed_embedding(text, dimensions)
+                    embedding: list[float] | str = (
+                        base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if encoding == "base64" else vector
+                    )
+                    data.append({"object": "embedding", "index": index, "embedding": embedding})
+                tokens = sum(count_tokens(t) for t in texts)
+                self._json(
+                    200,
+                    {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                )
 
             def _usage(self, body: dict, text: str) -> dict:
                 prompt = sum(count_tokens(str(m.get("content", ""))) for m in body.get("messages") or [])
