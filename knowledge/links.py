@@ -143,9 +143,7 @@ def address_problem(ip: IPAddress) -> str | None:
         if embedded is None and ip in NAT64_PREFIX:
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None:
-            problem = address_problem(embedded)
-            if problem:
-                return problem
+            return address_problem(embedded)
     if ip.is_loopback:
         return "a loopback address"
     if ip.is_unspecified:
@@ -248,6 +246,12 @@ def _host_pattern_matches(pattern: str, host: str, port: int) -> bool:
     if pattern.startswith("*."):
         return host.endswith(pattern[1:])
     return pattern == host
+
+
+def _size(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MB"
+    return f"{n / 1e3:.0f} kB" if n >= 1000 else f"{n} bytes"
 
 
 # ---- the reader -----------------------------------------------------------------------------
@@ -368,10 +372,10 @@ class LinkReader:
                 raise (refuse(unresolved) if redirected else LinkRefused(unresolved)) from exc
             if not addresses:
                 raise refuse(unresolved) if redirected else LinkRefused(unresolved)
-        if allowed:
+        if allowed or policy.allow_private:
+            # An intranet's services listen on any port: allow_private lifts the port rule too.
             return addresses
-        if not policy.allow_private:
-            self._check_public(target, addresses, refuse, redirected=redirected)
+        self._check_public(target, addresses, refuse, redirected=redirected)
         if target.port not in (80, 443):
             raise refuse(f"port {target.port} is not a web port (80 or 443)")
         return addresses
@@ -419,7 +423,7 @@ class LinkReader:
         result.content_type = content_type
         if content_type not in policy.content_types:
             raise LinkRefused(f"unsupported content type {content_type or '(none given)'}")
-        too_big = LinkRefused(f"refused: the page is larger than {policy.max_bytes / 1e6:.1f} MB")
+        too_big = LinkRefused(f"refused: the page is larger than {_size(policy.max_bytes)}")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > policy.max_bytes:
             raise too_big

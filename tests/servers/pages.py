@@ -2,7 +2,8 @@
 
 It runs in a background thread (so it serves a `chainlit run` subprocess as well as in-process
 clients) and counts what it did, so tests can assert on the server's side: which paths were
-asked for (with their Host header), how many requests were in flight at once, and how many
+asked for (with their Host header), how many requests were in flight at once (per `group`
+query parameter, so a request left hanging by an earlier test does not count), and how many
 bytes of the huge page went out before the client hung up.
 
     /article.html          an article with nav/footer boilerplate and a known fact (ARTICLE_FACT)
@@ -87,7 +88,8 @@ class PageServer:
         self.pdf = make_pdf(PDF_PAGES, fact_page=PDF_PAGES)
         self.requests: list[tuple[str, str]] = []  # (path, Host header)
         self.in_flight = 0
-        self.max_in_flight = 0
+        self.max_in_flight: dict[str, int] = {}  # by the `group` query parameter
+        self._group_in_flight: dict[str, int] = {}
         self.huge_bytes_sent = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -109,10 +111,14 @@ class PageServer:
         with self._lock:
             return [path for path, _host in self.requests]
 
+    def in_flight_for(self, group: str) -> int:
+        with self._lock:
+            return self._group_in_flight.get(group, 0)
+
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
-            self.max_in_flight = 0
+            self.max_in_flight.clear()
             self.huge_bytes_sent = 0
 
     def start(self) -> PageServer:
@@ -155,10 +161,12 @@ class PageServer:
                 self._send(302, b"", "text/plain", {"Location": location})
 
             def do_GET(self):
+                group = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("group", [""])[0]
                 with server._lock:
                     server.requests.append((self.path, self.headers.get("Host", "")))
                     server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    now = server._group_in_flight[group] = server._group_in_flight.get(group, 0) + 1
+                    server.max_in_flight[group] = max(server.max_in_flight.get(group, 0), now)
                 try:
                     self._route()
                 except (BrokenPipeError, ConnectionResetError):
@@ -166,6 +174,7 @@ class PageServer:
                 finally:
                     with server._lock:
                         server.in_flight -= 1
+                        server._group_in_flight[group] -= 1
 
             def _route(self) -> None:
                 parsed = urllib.parse.urlsplit(self.path)
