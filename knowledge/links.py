@@ -29,7 +29,9 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 import urllib.parse
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -258,7 +260,8 @@ def _size(n: int) -> str:
 
 
 class LinkReader:
-    """Reads pages under a `LinkPolicy`; `resolver` and `transport` are seams for tests."""
+    """Reads pages under a `LinkPolicy`; `resolver`, `transport` and `verify` (the TLS trust:
+    an `ssl.SSLContext` for a private CA) are seams for tests and operators."""
 
     def __init__(
         self,
@@ -267,8 +270,10 @@ class LinkReader:
         *,
         resolver: Resolver = system_resolver,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ):
         self.policy = policy or LinkPolicy()
+        self._verify = verify
         self._extract = extract
         self._resolve = resolver
         self._transport = transport
@@ -284,6 +289,7 @@ class LinkReader:
         # port, and a kept TLS connection checked for one name must not carry another's.
         async with httpx.AsyncClient(
             transport=self._transport,
+            verify=self._verify,  # certificates are checked against the host name (SNI), not the IP
             trust_env=False,  # a proxy would resolve the names itself, undoing the pinning
             follow_redirects=False,
             timeout=httpx.Timeout(policy.timeout_seconds, connect=policy.connect_timeout),
@@ -397,9 +403,7 @@ class LinkReader:
         extensions = {"sni_hostname": target.host} if target.url.scheme == "https" and target.literal is None else {}
         failure: httpx.ConnectError | None = None
         for ip in addresses:
-            request = client.build_request(
-                "GET", target.url.copy_with(host=str(ip)), headers={"Host": host_header}, extensions=extensions
-            )
+            request = client.build_request("GET", target.url.copy_with(host=str(ip)), headers={"Host": host_header}, extensions=extensions)
             try:
                 response = await client.send(request, stream=True)
             except httpx.ConnectError as exc:
@@ -427,12 +431,31 @@ class LinkReader:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > policy.max_bytes:
             raise too_big
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+            raise LinkRefused(f"unsupported content encoding {encoding}")
+        # We ask for identity; a server that compresses anyway is inflated here, never more
+        # than the limit at a time (httpx would inflate a whole network read: a 64 KB gzip
+        # read of zeros is 64 MB).
+        inflater = zlib.decompressobj(wbits=47) if encoding not in ("", "identity") else None  # 47: gzip or zlib header
         body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            result.size_bytes = len(body)
-            if len(body) > policy.max_bytes:
-                raise too_big  # stop reading: the connection is closed, not drained
+        async for raw in response.aiter_raw():
+            pending = raw
+            while pending:
+                if inflater is None:
+                    chunk, pending = pending, b""
+                else:
+                    try:
+                        chunk = inflater.decompress(pending, policy.max_bytes - len(body) + 1)
+                    except zlib.error as exc:
+                        raise LinkRefused(f"could not decode the page ({encoding}: {exc})") from exc
+                    pending = inflater.unconsumed_tail
+                body += chunk
+                result.size_bytes = len(body)
+                if len(body) > policy.max_bytes:
+                    raise too_big  # stop reading: the connection is closed, not drained
+                if inflater is not None and not chunk:
+                    break
         data = bytes(body)
         mime = header or content_type
         if content_type.startswith("text/") and content_type != "text/html":

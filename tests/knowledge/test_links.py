@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 import time
 
 import httpx
@@ -350,3 +351,90 @@ async def test_dns_rebinding_cannot_redirect_the_connection(pages):
     assert asked == ["rebind.example", "rebind.example"]
     assert result.error == "refused: redirect to http://rebind.example/second (a loopback address)"
     assert pages.paths() == []
+
+
+# ---- compression ------------------------------------------------------------------------------
+
+
+async def test_gzip_sent_anyway_is_read_and_a_gzip_bomb_is_stopped(pages):
+    article, bomb = await allowing(pages, max_bytes=1_000_000).read_all([pages.url("/gzip.html"), pages.url("/gzip-bomb.html")])
+    assert article.ok and ARTICLE_FACT in article.text
+    assert len(pages.gzip_bomb) < 200_000  # 50 MB of zeros on the wire in a few dozen KB
+    assert (bomb.ok, bomb.error) == (False, "refused: the page is larger than 1.0 MB")
+    assert bomb.size_bytes == 1_000_001  # inflated no further than one byte past the limit
+
+
+# ---- HTTPS: the connection goes to the checked IP, the certificate is checked for the name -----
+
+
+def _certificates(tmp_path, name: str):
+    """A throwaway CA and a certificate it signs for `name`: (server context, client context)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "link tests CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem))
+    (tmp_path / "leaf.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    client = ssl.create_default_context(cadata=ca.public_bytes(pem).decode())
+    return server, client
+
+
+async def test_https_goes_to_the_checked_address_and_verifies_the_name(tmp_path):
+    server_tls, client_tls = _certificates(tmp_path, "pages.test")
+    asked: list[str] = []
+
+    async def resolver(host: str, port: int):
+        asked.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
+
+    with PageServer(tls=server_tls) as secure:
+        reader = LinkReader(
+            LinkPolicy(allowed_hosts=(f"pages.test:{secure.port}", f"other.test:{secure.port}")), resolver=resolver, verify=client_tls
+        )
+        good, wrong_name = await reader.read_all(
+            [secure.url("/article.html", host="pages.test"), secure.url("/article.html", host="other.test")]
+        )
+        assert good.ok, good.error
+        assert ARTICLE_FACT in good.text
+        assert good.final_url == f"https://pages.test:{secure.port}/article.html"
+        # The server saw the name in the Host header although the client dialled 127.0.0.1.
+        assert secure.requests == [("/article.html", f"pages.test:{secure.port}")]
+        # The certificate is for pages.test: reached under another name, the handshake fails.
+        assert not wrong_name.ok and "CERTIFICATE_VERIFY_FAILED" in (wrong_name.error or "")
+        assert asked == ["pages.test", "other.test"]

@@ -12,20 +12,25 @@ bytes of the huge page went out before the client hung up.
     /redirect-local        302 to http://127.0.0.1:<port>/article.html
     /redirect-chain/N      302 to /redirect-chain/N-1, and /redirect-chain/0 to /article.html
     /redirect-to?url=U     302 to U
+    /gzip.html             the article, gzip-compressed (sent although the client asks for identity)
+    /gzip-bomb.html        HUGE_BYTES of zeros, gzip-compressed to about 50 KB
     /huge.html             HUGE_BYTES of HTML, chunked, made on the fly (never in memory)
     /slow.html?delay=S     waits S seconds (default 30) before answering an article
     /image.png             an image (a type the reader refuses)
     /notfound              404
 
-    with PageServer() as pages:
+    with PageServer() as pages:          # PageServer(tls=context) serves https
         pages.url("/article.html")
 """
 
 from __future__ import annotations
 
+import gzip
 import socket
+import ssl
 import threading
 import urllib.parse
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ARTICLE_TITLE = "The Otter Report"
@@ -57,8 +62,7 @@ They are among the smallest marine mammals and the heaviest members of the wease
 
 # A 1x1 PNG.
 PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
 )
 
 
@@ -78,14 +82,26 @@ def make_pdf(pages: int, fact_page: int | None = None, fact: str = PDF_FACT) -> 
     return bytes(pdf.output())
 
 
+def _zeros_gzip(size: int) -> bytes:
+    """`size` zero bytes, gzip-compressed (about a thousandth of the size), built a MB at a time."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    block = b"\0" * (1 << 20)
+    parts = [compressor.compress(block) for _ in range(size // len(block))]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 64
     daemon_threads = True
 
 
 class PageServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None):
+        self.scheme = "https" if tls else "http"
         self.pdf = make_pdf(PDF_PAGES, fact_page=PDF_PAGES)
+        self.gzip_article = gzip.compress(ARTICLE_HTML.encode())
+        self.gzip_bomb = _zeros_gzip(HUGE_BYTES)
         self.requests: list[tuple[str, str]] = []  # (path, Host header)
         self.in_flight = 0
         self.max_in_flight: dict[str, int] = {}  # by the `group` query parameter
@@ -94,6 +110,8 @@ class PageServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd = _Server((host, port), self._handler_class())
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
@@ -105,7 +123,7 @@ class PageServer:
         return f"127.0.0.1:{self.port}"
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def paths(self) -> list[str]:
         with self._lock:
@@ -194,6 +212,10 @@ class PageServer:
                 elif path.startswith("/redirect-chain/"):
                     left = int(path.rsplit("/", 1)[-1])
                     self._redirect(f"/redirect-chain/{left - 1}" if left > 0 else "/article.html")
+                elif path == "/gzip.html":
+                    self._send(200, server.gzip_article, "text/html; charset=utf-8", {"Content-Encoding": "gzip"})
+                elif path == "/gzip-bomb.html":
+                    self._send(200, server.gzip_bomb, "text/html", {"Content-Encoding": "gzip"})
                 elif path == "/huge.html":
                     self._huge()
                 elif path == "/slow.html":
