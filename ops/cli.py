@@ -45,7 +45,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return (ConfigurationError, MissingExtra, DataLayerError, StorageError, ValueError, OSError)
 
 
-def cli_settings(args: argparse.Namespace) -> Settings:
+def cli_settings(args: argparse.Namespace | None = None) -> Settings:
     """The app's settings for this run (the `.env` was loaded by `main`); never exports
     a generated secret into the environment."""
     from settings import load_settings
