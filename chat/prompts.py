@@ -12,6 +12,7 @@ from string import Template
 
 PLACEHOLDERS = frozenset({"input", "user", "date"})
 TITLE_PLACEHOLDERS = PLACEHOLDERS | {"answer"}
+SUMMARY_PLACEHOLDERS = PLACEHOLDERS | {"previous"}
 
 
 class PromptError(ValueError):
@@ -34,12 +35,32 @@ class PromptTemplate:
         return Template(self.user).substitute(_values(values, input=text))
 
 
+DEFAULT_TITLE = PromptTemplate(
+    name="title",
+    label="title",
+    system="Reply with a title of at most six words for this conversation, and nothing else.",
+    user="User: ${input}\nAssistant: ${answer}",
+)
+DEFAULT_SUMMARY = PromptTemplate(
+    name="summary",
+    label="summary",
+    system=(
+        "You keep the running summary of a conversation between a user and an assistant. Merge the "
+        "earlier summary and the new messages into one summary of at most 200 words: what the user "
+        "said about themselves and their goals, facts, names and numbers, decisions, open questions. "
+        "Write in the conversation's language. Reply with the summary only."
+    ),
+    user="Earlier summary:\n${previous}\n\nNew messages:\n${input}\n\nUpdated summary:",
+)
+
+
 @dataclass(frozen=True)
 class PromptBook:
     templates: Mapping[str, PromptTemplate]
     default: str
     title: PromptTemplate
     source: Path
+    summary: PromptTemplate = DEFAULT_SUMMARY
 
     def get(self, name: str | None) -> PromptTemplate:
         """The named template; an unknown or empty name falls back to the default one."""
@@ -107,13 +128,12 @@ def parse_prompts(text: str, source: Path, default_override: str = "") -> Prompt
     if "title" in data:
         title = _template("title", data["title"], TITLE_PLACEHOLDERS, f"{source}: title")
     else:
-        title = PromptTemplate(
-            name="title",
-            label="title",
-            system="Reply with a title of at most six words for this conversation, and nothing else.",
-            user="User: ${input}\nAssistant: ${answer}",
-        )
-    return PromptBook(templates=templates, default=default, title=title, source=source)
+        title = DEFAULT_TITLE
+    if "summary" in data:
+        summary = _template("summary", data["summary"], SUMMARY_PLACEHOLDERS, f"{source}: summary")
+    else:
+        summary = DEFAULT_SUMMARY
+    return PromptBook(templates=templates, default=default, title=title, source=source, summary=summary)
 
 
 def load_prompts(path: Path, default_override: str = "") -> PromptBook:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import chainlit as cl
@@ -20,9 +20,12 @@ from chainlit.input_widget import NumberInput, Select, Slider
 from chainlit.logger import logger as chainlit_logger
 from literalai import ChatGeneration
 
+from knowledge.context import SUMMARY_KEY, ContextBuilder, PageText, Passage, Summary
+from knowledge.summary import SummaryUpdates
+
 from .config import ChatConfig
 from .files import describe_attachment, is_text_like, read_path
-from .history import Turn, build_messages, turns_from_steps
+from .history import Turn, turns_from_steps
 from .prompts import PromptBook, load_prompts_async
 from .providers import ChatRequest, LLMError, Provider, Stopwatch, Usage
 from .saving import SavingNotice
@@ -39,12 +42,16 @@ MAX_TITLE_CHARS = 80
 class ChatState:
     """What the model remembers in this session. Not JSON-serialisable on purpose."""
 
-    __slots__ = ("prompts", "turns", "titled")
+    __slots__ = ("prompts", "turns", "titled", "summary")
 
-    def __init__(self, prompts: PromptBook, turns: list[Turn] | None = None, titled: bool = False):
+    def __init__(self, prompts: PromptBook, turns: list[Turn] | None = None, titled: bool = False,
+                 summary: Summary | None = None):
         self.prompts = prompts
         self.turns: list[Turn] = turns or []
         self.titled = titled
+        # The running summary of the older turns; the context builder checks that it still
+        # matches `turns` (an edit that removes its last turn makes it stale).
+        self.summary = summary
 
     def forget_from(self, message_id: str) -> None:
         """Drop the turn with this id and everything after it (the user edited a message)."""
@@ -79,6 +86,7 @@ class ChatService:
         self.storage = storage
         self._data_layer = data_layer
         self._background: set[asyncio.Task] = set()
+        self.summaries = SummaryUpdates(provider, config.context_tokens)
         self.saving = SavingNotice(data_layer)
 
     @property
@@ -205,37 +213,49 @@ class ChatService:
         title_source: str,
         on_text: TextSink | None = None,
         system_prompt: str | None = None,
+        passages: Sequence[Passage] = (),
+        pages: Sequence[PageText] = (),
     ) -> AssistantMessage:
-        """One turn, the same for the browser and the API: the model's request built from the
-        template, the remembered turns and `user_text`; the answer streamed (to the browser
-        through Chainlit, and to `on_text` when given), stored as an assistant step with its
-        generation record; the thread titled in the background after its first exchange.
-        Runs inside a Chainlit context (a socket session, or the API's HTTP session)."""
+        """One turn, the same for the browser and the API: the model's request built by the
+        context builder (template, running summary, `passages`, `pages`, the remembered
+        turns, `user_text`); the answer streamed (to the browser through Chainlit, and to
+        `on_text` when given), stored as an assistant step with its generation record (what
+        the context left out under `metadata.context`); the thread titled in the background
+        after its first exchange, and its summary brought up to date in the background when
+        enough older turns no longer fit. Runs inside a Chainlit context (a socket session,
+        or the API's HTTP session)."""
         template = state.prompts.get(settings.prompt)
         user_name = self._user_name()
         system = template.render_system(user=user_name) if system_prompt is None else system_prompt
+        context = ContextBuilder(self.config.context_tokens).build(
+            system,
+            template.render_user(user_text, user=user_name),
+            state.turns,
+            history_length=settings.history_length,
+            max_tokens=settings.max_tokens_or_none,
+            summary=state.summary,
+            passages=passages,
+            pages=pages,
+        )
         request = ChatRequest(
-            messages=build_messages(
-                system,
-                state.turns,
-                template.render_user(user_text, user=user_name),
-                max_messages=settings.history_length,
-                context_tokens=self.config.context_tokens,
-                max_tokens=settings.max_tokens_or_none,
-            ),
+            messages=context.messages,
             model=settings.model,
             temperature=settings.temperature,
             max_tokens=settings.max_tokens_or_none,
         )
         state.turns.append(Turn(role="user", content=user_text, id=message_id))
-        answer = await self._answer(request, settings, on_text)
+        answer = await self._answer(request, settings, on_text, context.record)
         if not answer.is_error:
             state.turns.append(Turn(role="assistant", content=answer.content, id=answer.id))
+            thread_id = cl.context.session.thread_id
             if not state.titled:
                 state.titled = True
                 if self.config.generate_titles and not self.provider.offline:
-                    thread_id = cl.context.session.thread_id
                     self._spawn(self._title(thread_id, settings.model, title_source, answer.content, state))
+            job = self.summaries.start(thread_id, settings.model, context, state.prompts, self.data_layer,
+                                       self._summary_kept(state))
+            if job is not None:
+                self._spawn(job)
         return answer
 
     async def state_for(self, thread: Mapping[str, Any] | None) -> ChatState:
@@ -244,10 +264,12 @@ class ChatService:
         if thread is None:
             return ChatState(prompts)
         attachments = await self._stored_attachments(thread.get("elements") or [])
-        return ChatState(prompts, turns_from_steps(thread.get("steps") or [], attachments), titled=True)
+        return ChatState(prompts, turns_from_steps(thread.get("steps") or [], attachments), titled=True,
+                         summary=Summary.from_metadata(thread.get("metadata")))
 
     # ---- the model call ----------------------------------------------------------------
-    async def _answer(self, request: ChatRequest, settings: ThreadSettings, on_text: TextSink | None = None) -> AssistantMessage:
+    async def _answer(self, request: ChatRequest, settings: ThreadSettings, on_text: TextSink | None = None,
+                      context: dict | None = None) -> AssistantMessage:
         answer = AssistantMessage(content="", author=self.author)
         watch = Stopwatch()
         usage = Usage()
@@ -272,18 +294,20 @@ class ChatService:
                 if partial
                 else f"**Error:** {err.user_message}"
             )
-            answer.generation = self._generation(request, settings, model, usage, watch, partial, finish, err)
+            answer.generation = self._generation(request, settings, model, usage, watch, partial, finish, err, context)
             await answer.send()
             return answer
         except asyncio.CancelledError:
             # The user pressed stop: keep what was streamed, marked as cancelled.
-            answer.generation = self._generation(request, settings, model, usage, watch, answer.content, "cancelled")
+            answer.generation = self._generation(request, settings, model, usage, watch, answer.content, "cancelled",
+                                                 context=context)
             if answer.content:
                 await answer.send()
             raise
         if not answer.content:
             answer.content = "(The model returned an empty answer.)"
-        answer.generation = self._generation(request, settings, model, usage, watch, answer.content, finish)
+        answer.generation = self._generation(request, settings, model, usage, watch, answer.content, finish,
+                                             context=context)
         await answer.send()
         return answer
 
@@ -297,12 +321,14 @@ class ChatService:
         text: str,
         finish: str | None,
         error: LLMError | None = None,
+        context: dict | None = None,
     ) -> dict:
         """Chainlit's `generation` dict (literalai `ChatGeneration`) for the assistant step.
 
         `duration` is in seconds and `ttFirstToken` in milliseconds (literalai's units). The
         prompt messages are not copied into every step (they are the thread itself); their
-        count is in `metadata.messageCount`.
+        count is in `metadata.messageCount`, and the context builder's record of what went
+        in and what was left out (`knowledge.context`) in `metadata.context`.
         """
         duration = watch.elapsed
         status = "error" if error else ("cancelled" if finish == "cancelled" else "success")
@@ -316,6 +342,8 @@ class ChatService:
         }
         if error:
             metadata.update({"errorKind": error.kind, "httpStatus": error.status})
+        if context is not None:
+            metadata["context"] = context
         throughput = None
         if usage.completion_tokens and duration > 0:
             throughput = usage.completion_tokens / duration
@@ -380,8 +408,18 @@ class ChatService:
         await cl.context.emitter.emit("first_interaction", {"interaction": title, "thread_id": thread_id})
         return title
 
+    def _summary_kept(self, state: ChatState) -> Callable[[Summary], None]:
+        def keep(summary: Summary) -> None:
+            state.summary = summary
+            # A resumed browser session holds the thread metadata as Chainlit loaded it and
+            # writes it back on disconnect: its copy must follow, or the older summary returns.
+            if cl.user_session.get(SUMMARY_KEY) is not None:
+                cl.user_session.set(SUMMARY_KEY, summary.as_json())
+
+        return keep
+
     async def wait_background(self) -> None:
-        """Wait for pending title tasks (tests and shutdown)."""
+        """Wait for pending title and summary tasks (tests and shutdown)."""
         if self._background:
             await asyncio.gather(*list(self._background))
 

@@ -47,7 +47,6 @@ from typing import Any
 
 from chat.history import (
     MESSAGE_OVERHEAD_TOKENS,
-    TRUNCATION_NOTE,
     Turn,
     answer_reserve,
     estimate_tokens,
@@ -72,6 +71,7 @@ LAST_EXCHANGE_TURNS = 2
 LAST_EXCHANGE_SHARE = 0.5
 
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
+SUMMARY_KEY = "summary"  # where a thread's metadata keeps its summary
 SOURCES_HEADER = "Sources (cite them by their label, e.g. [1]):"
 PAGES_HEADER = "Web pages the user linked:"
 SEPARATOR_TOKENS = 1  # the "\n\n" between blocks, counted once per block (an overestimate)
@@ -147,6 +147,16 @@ class Summary:
         if not isinstance(updated, str) or not isinstance(digest, str):
             return None
         return cls(text=text, through_id=through, turns=turns, updated_at=updated, through_digest=digest)
+
+    @classmethod
+    def from_metadata(cls, metadata: object) -> Summary | None:
+        """The summary kept in a thread's metadata (a dict, or its JSON text)."""
+        if isinstance(metadata, (str, bytes)):
+            try:
+                metadata = json.loads(metadata)
+            except ValueError:
+                return None
+        return cls.from_json(metadata.get(SUMMARY_KEY)) if isinstance(metadata, dict) else None
 
     def covered_index(self, turns: Sequence[Turn]) -> int | None:
         """The index in `turns` of the last turn this summary covers, or None when it no
@@ -378,8 +388,3 @@ class ContextBuilder:
             parts.append(PAGES_HEADER + "\n" + "\n\n".join(page_blocks))
         return "\n\n".join(parts)
 
-
-__all__ = [
-    "LAST_EXCHANGE_SHARE", "LAST_EXCHANGE_TURNS", "MIN_PIECE_TOKENS", "PAGES_SHARE", "PASSAGES_SHARE", "SUMMARY_SHARE", "TRUNCATION_NOTE",
-    "Context", "ContextBuilder", "PageText", "Passage", "Summary", "fair_shares", "turn_digest",
-]
