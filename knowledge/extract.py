@@ -421,11 +421,13 @@ async def extract_async(
 ) -> Document:
     """`extract` in a worker process (created on first use with `max_workers`; `close()` ends it)."""
     global _pool, _pool_failed, _pool_worked
-    loop = asyncio.get_running_loop()
     pool = _get_pool(max_workers)
     if pool is not None:
         try:
-            document = await loop.run_in_executor(pool, _extract_kw, data, name, mime, max_pages, max_unzipped_bytes)
+            # submit() starts the worker processes when needed (fork+exec, tens of ms, more
+            # on a loaded machine): it runs in a thread so the event loop never waits for it.
+            future = await asyncio.to_thread(pool.submit, _extract_kw, data, name, mime, max_pages, max_unzipped_bytes)
+            document = await asyncio.wrap_future(future)
         except BrokenProcessPool as exc:
             with _pool_lock:
                 if _pool is pool:
@@ -437,6 +439,10 @@ async def extract_async(
                 raise ExtractionError(f"{name}: the extraction process stopped ({exc})") from exc
             logger.warning("Document extraction runs in threads: the process pool cannot start (%s)", exc)
             _pool_failed = True
+        except RuntimeError as exc:
+            if "shutdown" not in str(exc):
+                raise
+            # close() ran between getting the pool and submitting to it: a thread this once.
         else:
             _pool_worked = True
             return document
