@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ops.schema_cmd",
     "ops.archive_cmd",
     "ops.retention_cmd",
+    "ops.erase_cmd",
 )
 
 logger = logging.getLogger("chainlit").getChild("ops")
