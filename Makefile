@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.writes
 	$(BIN)/python -m benchmarks.dynamodb_writes
 	$(BIN)/python -m benchmarks.api
+	$(BIN)/python -m benchmarks.retrieval
 
 ddl: setup
 	$(BIN)/python -m datalayers.sqlalchemy ddl --write
