@@ -348,9 +348,10 @@ class LinkReader:
                     try:
                         target = _parse(str(target.url.join(response.headers["location"])))
                     except (LinkRefused, httpx.InvalidURL) as exc:
-                        raise LinkRefused(f"refused: redirect to {response.headers['location']} ({exc})") from exc
+                        reason = str(exc).removeprefix("refused: ")
+                        raise LinkRefused(f"refused: redirect to {response.headers['location']} ({reason})") from exc
                     continue
-                if response.status_code >= 400 or response.status_code < 200:
+                if not response.is_success:  # a 304 or a redirect without a Location too
                     raise LinkRefused(f"HTTP {response.status_code}")
                 return await self._read_body(target, response, result)
             finally:

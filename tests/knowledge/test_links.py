@@ -187,6 +187,39 @@ async def test_refused_before_any_connection(url, error):
     assert sent == []
 
 
+@pytest.mark.parametrize(
+    ("pattern", "host", "port", "allowed"),
+    [
+        ("wiki.corp", "wiki.corp", 443, True),
+        ("wiki.corp", "wiki.corp", 8080, True),  # no port in the pattern: any port
+        ("wiki.corp:8080", "wiki.corp", 8080, True),
+        ("wiki.corp:8080", "wiki.corp", 80, False),
+        ("WIKI.corp.", "wiki.corp", 80, True),
+        ("*.corp", "docs.wiki.corp", 80, True),
+        ("*.corp", "corp", 80, False),
+        ("wiki.corp", "evilwiki.corp", 80, False),
+        ("127.0.0.1:8000", "127.0.0.1", 8000, True),
+        ("[::1]:8000", "::1", 8000, True),
+        ("::1", "::1", 9, True),
+        ("2130706433", "127.0.0.1", 80, True),  # patterns take the same numeric forms as links
+    ],
+)
+def test_allowed_host_patterns(pattern, host, port, allowed):
+    assert LinkReader(LinkPolicy(allowed_hosts=(pattern,))).is_allowed_host(host, port) is allowed
+
+
+async def test_international_names_are_resolved_in_their_ascii_form():
+    asked: list[str] = []
+
+    async def resolver(host: str, port: int):
+        asked.append(host)
+        return [ipaddress.ip_address("10.9.8.7")]
+
+    result = await read_one(LinkReader(LinkPolicy(), resolver=resolver), "https://bücher.example/kapitel")
+    assert asked == ["xn--bcher-kva.example"]
+    assert result.error == "refused: xn--bcher-kva.example resolves to 10.9.8.7, a private address"
+
+
 # ---- the page server: guard on, host allowed ---------------------------------------------------
 
 
@@ -246,7 +279,9 @@ async def test_redirect_to_an_allowed_target_is_followed(pages):
         ("http://10.0.0.5/", "refused: redirect to http://10.0.0.5/ (a private address)"),
         ("http://169.254.169.254/latest/", "refused: redirect to http://169.254.169.254/latest/ (a cloud metadata address)"),
         ("http://[::ffff:7f00:1]/", "refused: redirect to http://[::ffff:7f00:1]/ (a loopback address)"),
-        ("ftp://example.com/", "refused: redirect to ftp://example.com/ (refused: only http and https links are read, not ftp)"),
+        ("ftp://example.com/", "refused: redirect to ftp://example.com/ (only http and https links are read, not ftp)"),
+        ("http://u:p@example.com/", "refused: redirect to http://u:p@example.com/ (links with a user name or password are not read)"),
+        ("http://2130706433/", "refused: redirect to http://127.0.0.1/ (a loopback address)"),
     ],
 )
 async def test_every_redirect_is_checked(pages, target, error):
