@@ -27,6 +27,8 @@ from ops.output import Output
 from .backends import Endpoint, is_chainlit_source, open_layer
 from .records import Bundle
 
+#: The progress file is rewritten after this many finished threads, or this long.
+PROGRESS_EVERY_THREADS = 20
 PROGRESS_EVERY_SECONDS = 0.5
 
 
@@ -153,6 +155,7 @@ class _ProgressFile:
     def __init__(self, path: Path, fingerprint: str, enabled: bool):
         self.path, self.fingerprint, self.enabled = path, fingerprint, enabled
         self.last = 0.0
+        self.saved = 0
 
     def load(self) -> int:
         try:
@@ -163,9 +166,10 @@ class _ProgressFile:
 
     def save(self, done: int, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < PROGRESS_EVERY_SECONDS):
+        if not self.enabled or (not force and now - self.last < PROGRESS_EVERY_SECONDS
+                                and done - self.saved < PROGRESS_EVERY_THREADS):
             return
-        self.last = now
+        self.last, self.saved = now, done
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             tmp.write_text(json.dumps({"archive": self.fingerprint, "threads_done": done}))

@@ -147,4 +147,6 @@ def console(ops_env, tmp_path):
         return subprocess.run([str(CONSOLE), *argv], capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **ops_env, **(env or {})}, cwd=tmp_path, **kwargs)
 
+    run.script = CONSOLE  # type: ignore[attr-defined]
+    run.env = {**os.environ, **ops_env}  # type: ignore[attr-defined]
     return run

@@ -52,7 +52,7 @@ async def seed(layer, threads_per_user: int = 2) -> dict[str, Any]:
                         "streaming": False, "input": TEXTS[(n + s) % len(TEXTS)] if kind == "tool" else "",
                         "output": f"{TEXTS[(n + s + 1) % len(TEXTS)]} {s}",
                         "metadata": {"step": s, "info": {"tokens": [s, s * 2], "model": "m-1"}},
-                        "createdAt": f"2026-02-0{1 + t}T10:00:{n:02d}.{s:06d}Z",
+                        "createdAt": f"2026-02-{1 + t % 28:02d}T10:{n // 60:02d}:{n % 60:02d}.{s:06d}Z",
                         "parentId": parent if kind == "tool" else None, "language": "python" if kind == "tool" else None}
                 await layer.create_step(step)
                 step_ids.append(step_id)
