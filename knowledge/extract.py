@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
+import contextlib
 import io
 import logging
 import multiprocessing
 import re
+import sys
 import threading
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Literal
@@ -394,7 +397,7 @@ def _table_rows(table) -> list[str]:
 _pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_failed = False
 _pool_worked = False
-_pool_lock = threading.Lock()
+_pool_lock = threading.RLock()
 
 
 def _get_pool(max_workers: int) -> concurrent.futures.ProcessPoolExecutor | None:
@@ -426,7 +429,7 @@ async def extract_async(
         try:
             # submit() starts the worker processes when needed (fork+exec, tens of ms, more
             # on a loaded machine): it runs in a thread so the event loop never waits for it.
-            future = await asyncio.to_thread(pool.submit, _extract_kw, data, name, mime, max_pages, max_unzipped_bytes)
+            future = await asyncio.to_thread(_submit, pool, data, name, mime, max_pages, max_unzipped_bytes)
             document = await asyncio.wrap_future(future)
         except BrokenProcessPool as exc:
             with _pool_lock:
@@ -447,6 +450,29 @@ async def extract_async(
             _pool_worked = True
             return document
     return await asyncio.to_thread(_extract_kw, data, name, mime, max_pages, max_unzipped_bytes)
+
+
+def _submit(pool: concurrent.futures.ProcessPoolExecutor, *args) -> concurrent.futures.Future[Document]:
+    with _pool_lock, _main_hidden():
+        return pool.submit(_extract_kw, *args)
+
+
+@contextlib.contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Hide the main script's path while workers start. A spawned worker first re-runs the
+    parent's main script (multiprocessing's "safe importing of the main module"); our workers
+    need only this module, and under `chainlit run` the main script is Chainlit's CLI, which
+    would import all of Chainlit into every worker (seconds, and about 100 MB each)."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not hasattr(main, "__file__"):
+        yield  # started with -m (spawn imports by name, and skips `__main__` modules) or no file
+        return
+    path = main.__file__
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _extract_kw(data: bytes, name: str, mime: str | None, max_pages: int, max_unzipped_bytes: int) -> Document:

@@ -279,3 +279,39 @@ async def test_extract_async_falls_back_to_a_thread_when_no_pool_can_start(monke
     monkeypatch.setattr(extract_module, "_pool_failed", False)
     doc = await extract_async(b"# Title\n\ntext", "a.md", "text/markdown")
     assert doc.title == "Title" and extract_module._pool is None
+
+
+WORKER_SCRIPT = """
+import asyncio, os, sys
+sys.path.insert(0, {root!r})
+if __name__ == "__mp_main__":  # the worker re-ran this script
+    with open(os.environ["MARK_FILE"], "a") as mark:
+        mark.write("main script re-run in a worker\\n")
+if __name__ == "__main__":
+    from knowledge import extract
+
+    async def main():
+        document = await extract.extract_async(b"# Title\\n\\ntext", "a.md", "text/markdown")
+        pids = [p.pid for p in extract._pool._processes.values()]
+        print(document.title, extract._pool_failed, os.getpid() not in pids)
+        extract.close()
+
+    asyncio.run(main())
+"""
+
+
+def test_workers_do_not_rerun_the_main_script(tmp_path):
+    """Started from a script (as `chainlit run` is), the worker imports only the extractor."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "app_main.py"
+    script.write_text(WORKER_SCRIPT.format(root=str(Path(__file__).resolve().parents[2])))
+    mark = tmp_path / "mark.txt"
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env={**os.environ, "MARK_FILE": str(mark)}
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Title", "False", "True"]
+    assert not mark.exists(), mark.read_text()
