@@ -51,7 +51,9 @@ def cli_settings(args: argparse.Namespace | None = None) -> Settings:
     a generated secret into the environment."""
     from settings import load_settings
 
-    return load_settings(dotenv=False, export_secret=False)
+    settings = load_settings(dotenv=False, export_secret=False)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as the app does (the SQLite file)
+    return settings
 
 
 def build_parser(modules: tuple[str, ...] = COMMAND_MODULES) -> argparse.ArgumentParser:
@@ -102,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _configure_logging(args.verbose)
+    from chat.private_files import private_by_default
+
+    private_by_default()  # archives, users files and SQLite files hold users' data: 600 / 700
     known = expected_errors()
     try:
         _load_env(args.env_file)

@@ -46,6 +46,10 @@ async def migrate_sql(url: str, action: str) -> tuple[str, str | None]:
     from datalayers.sqlalchemy import normalize_database_url
     from settings import redact_url
 
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from datalayers.errors import DataLayerError
+
     url = normalize_database_url(url)
     engine = create_async_engine(url)
     try:
@@ -53,15 +57,17 @@ async def migrate_sql(url: str, action: str) -> tuple[str, str | None]:
             await upgrade(engine)
         async with engine.connect() as connection:
             revision = await connection.run_sync(current_revision_sync)
+    except SQLAlchemyError as exc:  # unreachable, refused, not a database: the operator's to fix
+        raise DataLayerError(f"migrate {action} on {redact_url(url)}: {exc}") from exc
     finally:
         await engine.dispose()
     return str(redact_url(url)), revision
 
 
 async def run_migrate(args, out: Output) -> int:
-    from settings import load_settings
+    from ops.cli import cli_settings
 
-    url = args.url or load_settings(dotenv=False, export_secret=False).database_url
+    url = args.url or cli_settings(args).database_url
     if url.startswith("dynamodb"):
         raise ValueError("migrate is for SQL databases; a DynamoDB table is `provision`ed or `upgrade`d")
     shown, revision = await migrate_sql(url, args.action)
