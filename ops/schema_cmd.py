@@ -40,15 +40,13 @@ def register(subparsers) -> None:
 
 async def migrate_sql(url: str, action: str) -> tuple[str, str | None]:
     """(redacted URL, revision after `action`)."""
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from datalayers.errors import DataLayerError
     from datalayers.migrations import current_revision_sync, upgrade
     from datalayers.sqlalchemy import normalize_database_url
     from settings import redact_url
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from datalayers.errors import DataLayerError
 
     url = normalize_database_url(url)
     engine = create_async_engine(url)
