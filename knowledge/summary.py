@@ -26,12 +26,10 @@ from .context import SUMMARY_KEY, Context, Summary, turn_digest
 
 logger = logging.getLogger("chainlit").getChild("Knowledge")
 
-#: With no summary yet, the first left-out exchange (two turns) is summarised at once: the
-#: model would otherwise know nothing of it.
-FIRST_SUMMARY_TURNS = 2
-#: Later updates wait until this many uncovered turns, or this many of their tokens, have
-#: piled up: while a conversation runs past its context, each answer pushes about one
-#: exchange out, so a summary call comes every three answers or so.
+#: A summary call is due once this many left-out turns, or this many of their tokens, have
+#: piled up beyond what the summary covers: while a conversation runs past its context (or
+#: its history length), each answer pushes about one exchange out, so a call comes every
+#: three answers or so.
 UPDATE_TURNS = 6
 UPDATE_TOKENS = 1500
 #: How much of the uncovered turns one summary call reads (each turn cut to
@@ -50,13 +48,12 @@ _LABEL = re.compile(r"^\s*(?:updated\s+)?summary\s*:\s*", re.IGNORECASE)
 
 
 def needs_update(summary: Summary | None, uncovered: Sequence[Turn]) -> bool:
-    """Whether enough left-out, unsummarised text has piled up for a summary call. Turns
-    without an id (a history an API caller sent) cannot anchor a stored summary."""
+    """Whether enough left-out, unsummarised text has piled up after `summary` (None: none
+    yet; the same thresholds apply) for a summary call. Turns without an id (a history an
+    API caller sent) cannot anchor a stored summary."""
     if not uncovered or uncovered[-1].id is None:
         return False
-    if len(uncovered) >= (FIRST_SUMMARY_TURNS if summary is None else UPDATE_TURNS):
-        return True
-    return sum(estimate_tokens(turn.content) for turn in uncovered) >= UPDATE_TOKENS
+    return len(uncovered) >= UPDATE_TURNS or sum(estimate_tokens(turn.content) for turn in uncovered) >= UPDATE_TOKENS
 
 
 def _line(turn: Turn, text: str) -> str:

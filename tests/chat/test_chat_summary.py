@@ -14,7 +14,7 @@ from chat.prompts import load_prompts
 from chat.providers import OfflineProvider, OpenAIProvider
 from chat.service import STATE_KEY, ChatService
 from knowledge.context import SUMMARY_PREFIX, ContextBuilder, Summary
-from knowledge.summary import SummaryUpdates
+from knowledge.summary import TURN_INPUT_TOKENS, UPDATE_TOKENS, UPDATE_TURNS, Summarizer, SummaryUpdates, needs_update
 from tests.chat import test_chat_service as service_tests
 from tests.servers.openai_compat import Fail, Reply, default_responder
 
@@ -193,3 +193,25 @@ async def test_one_summary_call_per_thread_at_a_time(make_config, llm_server):
     await again
     assert SummaryUpdates(OfflineProvider(config), 400).start("t", "m", context, prompts, None, kept.append) is None
     await provider.aclose()
+
+
+def test_the_policy_waits_for_enough_uncovered_turns_or_tokens():
+    short = [Turn("user" if i % 2 == 0 else "assistant", "short", f"t{i}") for i in range(UPDATE_TURNS)]
+    summary = Summary("s", "t0", 1, "")
+    for current in (None, summary):
+        assert not needs_update(current, [])
+        assert not needs_update(current, short[:-1])
+        assert needs_update(current, short)
+        assert needs_update(current, [Turn("user", "word " * (4 * UPDATE_TOKENS), "big")])
+    assert not needs_update(None, [Turn("user", "x", None) for _ in range(10)])  # no id to anchor a summary
+
+
+def test_the_summarizer_reads_the_oldest_turns_that_fit_each_cut():
+    turns = [Turn("user", f"turn {i} " + "word " * 2000, f"t{i}") for i in range(20)]
+    chosen, transcript = Summarizer.select(turns, 3 * TURN_INPUT_TOKENS + 10)
+    assert [t.id for t in chosen] == ["t0", "t1", "t2"]
+    assert transcript.startswith("User: turn 0 word") and transcript.count("truncated") == 3
+    chosen, transcript = Summarizer.select(turns, 100)  # at least one turn, cut to fit
+    assert [t.id for t in chosen] == ["t0"] and len(transcript) < 500
+    chosen, _ = Summarizer.select([Turn("user", "a", "u1"), Turn("assistant", "b", None)], 1000)
+    assert [t.id for t in chosen] == ["u1"]  # ends on a turn a summary can name
