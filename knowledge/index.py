@@ -88,6 +88,12 @@ def query_terms(text: str, limit: int = 64) -> list[str]:
     return list(seen)
 
 
+def document_terms(text: str) -> list[str]:
+    """Every word of a passage in order, repeats kept, by the same rules as `query_terms`
+    (for backends that count term frequencies themselves, such as Qdrant's sparse vectors)."""
+    return [word for word in _TOKEN.findall(text.lower()) if len(word) > 1 or word.isdigit()]
+
+
 def fuse(lexical: Sequence[Chunk], vector: Sequence[Chunk], k: int) -> list[Hit]:
     """Reciprocal rank fusion of two rankings (best first), the top `k`."""
     scores: dict[str, float] = {}

@@ -1,0 +1,217 @@
+"""The knowledge index contract, run against every index through one parametrized fixture.
+
+sqlite           a file in tmp_path (FTS5, and sqlite-vec when it loads)
+postgres         the machine's PostgreSQL: full text; vectors only if that server has pgvector
+postgres-vector  a throwaway cluster of the PostgreSQL + pgvector binaries that the `pgserver`
+                 wheel ships (dev extra), started on a loopback port, so that the pgvector path
+                 is tested even where the machine's server has no pgvector
+qdrant-memory    qdrant-client's embedded mode in memory
+qdrant-local     qdrant-client's embedded mode on disk (tmp_path)
+
+Each PostgreSQL test gets a schema of its own (`?schema=`) in one throwaway database per run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from knowledge import KNOWLEDGE_SCHEMES
+from knowledge.index import KnowledgeIndex, Scope
+from tests.conftest import unavailable
+from tests.contracts.knowledge import DIM, KnowledgeIndexContract, axis, chunk, new_id
+
+BACKENDS = ["sqlite", "postgres", "postgres-vector", "qdrant-memory", "qdrant-local"]
+
+
+def build(url: str) -> KnowledgeIndex:
+    """The index class a KNOWLEDGE_URL names, as the app resolves it."""
+    module_name, _, class_name = KNOWLEDGE_SCHEMES[url.split(":", 1)[0]][0].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)(url)
+
+
+def requires(module: str, extra: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        unavailable(f"{module} is not installed (pip install -e '.[{extra}]')")
+
+
+@pytest.fixture(scope="session")
+def knowledge_postgres(postgres_databases) -> str:
+    requires("asyncpg", "postgres")
+    return postgres_databases.create()
+
+
+@pytest.fixture(scope="session")
+def pgvector_cluster():
+    """A PostgreSQL with pgvector of the tests' own (the machine's has none)."""
+    from tests.faults.postgres_cluster import ClusterError, missing_prerequisite
+
+    from .pgvector_cluster import PgvectorCluster, pgserver_bin
+
+    bin_dir = pgserver_bin()
+    if bin_dir is None:
+        unavailable("pgserver is not installed (pip install -e '.[dev]'): the pgvector path cannot be tested")
+    reason = missing_prerequisite()
+    if reason:
+        unavailable(reason)
+    try:
+        cluster = PgvectorCluster(bin_dir)
+        cluster.__enter__()
+    except ClusterError as exc:
+        unavailable(f"the pgvector cluster did not start: {exc}")
+    try:
+        yield cluster.create_database("knowledge")
+    finally:
+        cluster.destroy()
+
+
+def _schema_url(url: str) -> str:
+    """The fixtures' SQLAlchemy URL as a KNOWLEDGE_URL, in a schema of its own."""
+    return f"{url.replace('postgresql+asyncpg://', 'postgresql://', 1)}?schema=k_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_url(backend, request, tmp_path: Path) -> str:
+    """The URL of this test's store (the same one for every instance the test opens)."""
+    if backend == "sqlite":
+        requires("sqlite_vec", "knowledge")
+        return f"sqlite:///{tmp_path / 'knowledge.sqlite3'}"
+    if backend == "postgres":
+        return _schema_url(request.getfixturevalue("knowledge_postgres"))
+    if backend == "postgres-vector":
+        requires("asyncpg", "postgres")
+        return _schema_url(request.getfixturevalue("pgvector_cluster"))
+    requires("qdrant_client", "qdrant")
+    if backend == "qdrant-memory":
+        return "qdrant+memory://"
+    return f"qdrant+local://{tmp_path / 'qdrant'}"
+
+
+class TestKnowledgeIndexes(KnowledgeIndexContract):
+    @pytest.fixture
+    def persistent(self, backend) -> bool:
+        return backend != "qdrant-memory"
+
+    @pytest.fixture
+    async def open_index(self, store_url, backend):
+        opened: list[KnowledgeIndex] = []
+        memory: list[KnowledgeIndex] = []
+
+        async def open_(dimensions: int | None) -> KnowledgeIndex:
+            if backend == "qdrant-memory" and memory:
+                # One in-memory store per test: "opening again" is the same instance.
+                await memory[0].start(dimensions)
+                return memory[0]
+            index = build(store_url)
+            await index.start(dimensions)
+            opened.append(index)
+            if backend == "qdrant-memory":
+                memory.append(index)
+            return index
+
+        yield open_
+        for index in opened:
+            await index.close()
+
+
+# ---- what only some indexes do ---------------------------------------------------------------
+
+async def test_pgvector_is_used_when_the_server_has_it(pgvector_cluster):
+    requires("asyncpg", "postgres")
+    index = build(_schema_url(pgvector_cluster))
+    await index.start(DIM)
+    try:
+        assert index.vector_search, index.status().note
+        assert "pgvector" in (index.status().vectors or "")
+    finally:
+        await index.close()
+
+
+async def test_postgres_says_why_vectors_are_off(knowledge_postgres):
+    index = build(_schema_url(knowledge_postgres))
+    await index.start(DIM)
+    try:
+        status = index.status()
+        if index.vector_search:
+            pytest.skip(f"this PostgreSQL has pgvector ({status.vectors}); the note is for servers without it")
+        assert status.vectors is None and "pgvector" in status.note
+        # Vectors given to an index that cannot store them are dropped: words still work.
+        user = new_id("u")
+        await index.add([chunk(user, "t", "d", 0, "lexical only")], [axis(0)])
+        assert [h.chunk.text for h in await index.search(Scope(user), "lexical", vector=axis(0))] == ["lexical only"]
+    finally:
+        await index.close()
+
+
+async def test_sqlite_file_is_private(tmp_path):
+    requires("sqlite_vec", "knowledge")
+    path = tmp_path / "sub" / "knowledge.sqlite3"
+    index = build(f"sqlite:///{path}")
+    await index.start(DIM)
+    try:
+        await index.add([chunk("u", "t", "d", 0, "private")])
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+        assert index.status().vectors, index.status().note
+    finally:
+        await index.close()
+
+
+async def test_sqlite_memory_url(tmp_path):
+    index = build("sqlite:///:memory:")
+    await index.start(None)
+    try:
+        await index.add([chunk("u", "t", "d", 0, "ephemeral")])
+        assert await index.count() == 1
+    finally:
+        await index.close()
+
+
+async def test_sqlite_warns_once_when_the_embedding_size_changes(tmp_path, caplog):
+    requires("sqlite_vec", "knowledge")
+    url = f"sqlite:///{tmp_path / 'k.sqlite3'}"
+    first = build(url)
+    await first.start(DIM)
+    await first.add([chunk("u", "t", "d", 0, "kept words")], [axis(0)])
+    await first.close()
+    second = build(url)
+    with caplog.at_level(logging.WARNING, logger="chainlit"):
+        await second.start(4)
+        await second.start(4)
+    try:
+        warnings = [r for r in caplog.records if "embedding size" in r.getMessage()]
+        assert len(warnings) == 1 and "8" in warnings[0].getMessage() and "4" in warnings[0].getMessage()
+        assert await second.vector_count() == 0 and await second.count() == 1
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize("url", ["qdrant+local://", "qdrant+local://relative/path", "qdrant://", "sqlite://host/x",
+                                 "postgresql://h/db?language=en;glish", "postgresql://h/db?schema=a-b"])
+def test_a_malformed_url_is_refused(url):
+    requires({"q": "qdrant_client", "s": "sqlite3", "p": "asyncpg"}[url[0]], "all")
+    with pytest.raises(ValueError):
+        build(url)
+
+
+def test_every_scheme_names_an_importable_class():
+    for scheme, (target, _extra) in KNOWLEDGE_SCHEMES.items():
+        module_name, _, class_name = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"{scheme}: {exc}")
+        assert issubclass(getattr(module, class_name), KnowledgeIndex)
