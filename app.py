@@ -24,6 +24,7 @@ from chat.sessions import RevokedTokenFilter, SessionGuard
 from chat.users import ADMIN_PASSWORD_FILE, UserStore
 from datalayers import route_guards
 from datalayers.actor import request_user
+from knowledge.service import KnowledgeService
 from settings import load_settings
 
 private_by_default()  # before anything below creates a file: the data folder is 700, its files 600
@@ -37,7 +38,11 @@ tighten(settings.data_dir, logger=logger, folders=[getattr(storage, "root", None
         files=[sqlite_path(settings.database_url), settings.journal_path, users.users_file,
                settings.data_dir / "auth_secret", settings.data_dir / ADMIN_PASSWORD_FILE])
 chat_config = load_chat_config()
-service = ChatService(chat_config, build_provider(chat_config), storage, persistence)
+# Linked pages, indexed documents and their sources; None without the `knowledge` extra.
+knowledge = KnowledgeService.from_settings(settings, chat_config.max_file_chars)
+if knowledge is not None and hasattr(persistence, "add_derived_store"):
+    persistence.add_derived_store(knowledge)  # deleting a thread, message or file deletes its chunks
+service = ChatService(chat_config, build_provider(chat_config), storage, persistence, knowledge)
 logger.info("chat provider: %s, model %s; %r", service.provider.label, chat_config.model, settings)
 
 
@@ -54,6 +59,8 @@ background: set[asyncio.Task] = set()
 async def on_app_startup():
     # Writes a previous run left in the journal (a crash, a shutdown during an outage) are
     # applied now, not when some user next happens to touch the data layer.
+    if knowledge is not None:  # before the journal's replay, which may ask it to forget deleted threads
+        await knowledge.ensure_started()
     if hasattr(persistence, "start"):
         await persistence.start()
     if sessions is not None:  # close open sockets whose session another instance or the CLI ended
@@ -280,6 +287,8 @@ async def on_app_shutdown():
     await service.provider.aclose()
     # Apply what is pending (bounded); anything left stays in the journal for the next start.
     await persistence.close()
+    if knowledge is not None:
+        await knowledge.close()
 
 
 @cl.on_shared_thread_view

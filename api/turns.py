@@ -21,10 +21,11 @@ from chainlit.session import HTTPSession
 from chainlit.user_session import user_sessions
 from chainlit.utils import utc_now
 
-from chat.files import describe_attachment, read_path
+from chat.files import read_path
 from chat.history import Turn
 from chat.service import AssistantMessage, ChatState, TextSink
 from chat.thread_settings import ThreadSettings
+from knowledge.service import Attachment
 
 from . import models
 from .auth import Caller
@@ -66,23 +67,20 @@ class TurnPlan:
         message = cl.Message(id=self.user_message_id, content=self.query, author=self.caller.identifier,
                              type="user_message", created_at=utc_now())  # as Chainlit stamps a browser's message
         await data_layer.create_step(message.to_dict())  # awaited: journaled before the answer's steps
-        blocks = await self._attach(message.id)
-        user_text = "\n\n".join([self.query, *blocks]) if blocks else self.query
-        service = self.parts.service
-        return await service.reply(self.state, self.settings, user_text, message_id=message.id,
-                                   title_source=self.query, on_text=on_text, system_prompt=self.system_prompt)
+        files = await self._attach(message.id)
+        return await self.parts.service.turn(self.state, self.settings, self.query, files, message_id=message.id,
+                                             on_text=on_text, system_prompt=self.system_prompt)
 
-    async def _attach(self, message_id: str) -> list[str]:
-        blocks = []
+    async def _attach(self, message_id: str) -> list[Attachment]:
+        files = []
         for pending in self.files:
             element = cl.File(name=pending.name, path=str(pending.path), mime=pending.mime, display="inline")
             element.for_id = message_id
             element.thread_id = self.conversation_id
             await self.parts.data_layer.create_element(element)  # the blob is stored before this returns
-            data = await read_path(pending.path)
-            blocks.append(describe_attachment(pending.name, pending.mime, data, self.parts.service.config.max_file_chars))
+            files.append(Attachment(element.id, pending.name, pending.mime, await read_path(pending.path)))
         self.parts.uploads.discard(self.files)
-        return blocks
+        return files
 
 
 async def prepare(parts: ApiParts, caller: Caller, call: models.ChatCall, *, system_prompt: str | None = None,

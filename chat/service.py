@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chainlit as cl
 from chainlit.data import get_data_layer
-from chainlit.input_widget import NumberInput, Select, Slider
+from chainlit.input_widget import NumberInput, Select, Slider, Switch
 from chainlit.logger import logger as chainlit_logger
 from literalai import ChatGeneration
 
@@ -30,6 +30,9 @@ from .prompts import PromptBook, load_prompts_async
 from .providers import ChatRequest, LLMError, Provider, Stopwatch, Usage
 from .saving import SavingNotice
 from .thread_settings import ThreadSettings
+
+if TYPE_CHECKING:
+    from knowledge.service import Attachment, KnowledgeService
 
 logger = chainlit_logger.getChild("Chat")
 
@@ -80,11 +83,13 @@ def clean_title(text: str) -> str:
 
 
 class ChatService:
-    def __init__(self, config: ChatConfig, provider: Provider, storage: Any = None, data_layer: Any = None):
+    def __init__(self, config: ChatConfig, provider: Provider, storage: Any = None, data_layer: Any = None,
+                 knowledge: KnowledgeService | None = None):
         self.config = config
         self.provider = provider
         self.storage = storage
         self._data_layer = data_layer
+        self.knowledge = knowledge
         self._background: set[asyncio.Task] = set()
         self.summaries = SummaryUpdates(provider, config.context_tokens)
         self.saving = SavingNotice(data_layer)
@@ -158,8 +163,22 @@ class ChatService:
                     items={t.label: t.name for t in prompts.templates.values()},
                     initial_value=current.prompt,
                 ),
+                *self._knowledge_widgets(current),
             ]
         )
+
+    def _knowledge_widgets(self, current: ThreadSettings) -> list:
+        knowledge = self.knowledge
+        if knowledge is None:
+            return []
+        widgets = []
+        if knowledge.config.read_links:
+            widgets.append(Switch(id="read_links", label="Read linked web pages", initial=current.read_links,
+                                  description="Fetch the pages a message links and give their text to the model."))
+        if knowledge.index is not None:
+            widgets.append(Switch(id="all_documents", label="Search all my documents", initial=current.all_documents,
+                                  description=f"Off: only this conversation's documents. Now {knowledge.mode}."))
+        return widgets
 
     def _user_name(self) -> str:
         user = cl.user_session.get("user")
@@ -195,13 +214,40 @@ class ChatService:
         state = await self._ensure_state()
         state.forget_from(message.id)
         settings = ThreadSettings.from_values(cl.context.session.chat_settings or {}, self.config, state.prompts)
-        blocks = await self._message_attachments(message)
-        user_text = "\n\n".join([message.content, *blocks]) if blocks else message.content
         thread_id = cl.context.session.thread_id
         self.saving.watch(thread_id)
-        answer = await self.reply(state, settings, user_text, message_id=message.id, title_source=message.content)
+        answer = await self.turn(state, settings, message.content, await self._message_attachments(message),
+                                 message_id=message.id)
         self.saving.watch(thread_id)
         return answer
+
+    async def turn(self, state: ChatState, settings: ThreadSettings, text: str, attachments: Sequence[Attachment],
+                   *, message_id: str, on_text: TextSink | None = None,
+                   system_prompt: str | None = None) -> AssistantMessage:
+        """A user message with its files, as the browser and the API send it: documents and
+        linked pages read, passages retrieved (knowledge/), the answer, its sources."""
+        from knowledge.service import Prepared
+
+        knowledge = self.knowledge
+        if knowledge is None:
+            prepared = Prepared(blocks=[describe_attachment(a.name, a.mime, a.data, self.config.max_file_chars)
+                                        for a in attachments])
+        else:
+            prepared = await knowledge.prepare(
+                text, attachments, user=self._user_identifier(), thread_id=cl.context.session.thread_id,
+                message_id=message_id, read_links=settings.read_links and knowledge.config.read_links,
+                all_threads=settings.all_documents)
+        user_text = "\n\n".join([text, *prepared.blocks]) if prepared.blocks else text
+        answer = await self.reply(state, settings, user_text, message_id=message_id, title_source=text,
+                                  on_text=on_text, system_prompt=system_prompt, passages=prepared.passages,
+                                  pages=prepared.pages)
+        if knowledge is not None and prepared.passages:
+            await knowledge.cite(answer, prepared.passages, _included_passages(answer.generation))
+        return answer
+
+    def _user_identifier(self) -> str:
+        user = cl.context.session.user
+        return getattr(user, "identifier", None) or "(anonymous)"
 
     async def reply(
         self,
@@ -263,7 +309,9 @@ class ChatService:
         prompts = await self._prompts()
         if thread is None:
             return ChatState(prompts)
-        attachments = await self._stored_attachments(thread.get("elements") or [])
+        steps = thread.get("steps") or []
+        user_messages = {step.get("id") for step in steps if step.get("type") == "user_message" and step.get("id")}
+        attachments = await self._stored_attachments(thread.get("elements") or [], user_messages)
         return ChatState(prompts, turns_from_steps(thread.get("steps") or [], attachments), titled=True,
                          summary=Summary.from_metadata(thread.get("metadata")))
 
@@ -424,8 +472,10 @@ class ChatService:
             await asyncio.gather(*list(self._background))
 
     # ---- attachments -------------------------------------------------------------------
-    async def _message_attachments(self, message: cl.Message) -> list[str]:
-        blocks = []
+    async def _message_attachments(self, message: cl.Message) -> list[Attachment]:
+        from knowledge.service import Attachment
+
+        files = []
         for element in message.elements or []:
             data: bytes | None = None
             path = getattr(element, "path", None)
@@ -436,27 +486,44 @@ class ChatService:
                 data = content.encode("utf-8")
             elif path:
                 data = await read_path(path)
-            blocks.append(describe_attachment(element.name, element.mime, data, self.config.max_file_chars))
-        return blocks
+            files.append(Attachment(element.id, element.name, element.mime, data))
+        return files
 
-    async def _stored_attachments(self, elements: list[Mapping[str, Any]]) -> dict[str, list[str]]:
-        """Text blocks of a stored thread's files, per message id, read from the storage."""
+    async def _stored_attachments(self, elements: list[Mapping[str, Any]], user_messages: set[str]) -> dict[str, list[str]]:
+        """Text blocks of the files users sent in a stored thread, per message id, read from
+        the storage (an answer's sources and the pages a step read are not the user's files)."""
         by_step: dict[str, list[str]] = {}
+        knowledge = self.knowledge
         for element in elements:
             for_id = element.get("forId")
-            if not for_id:
+            if not for_id or for_id not in user_messages:
                 continue
             name = element.get("name") or "file"
             mime = element.get("mime")
             key = element.get("objectKey")
-            data: bytes | None = None
-            if key and self.storage is not None and is_text_like(name, mime):
-                try:
-                    data = await self.storage.read_file(key)
-                except (FileNotFoundError, PermissionError, OSError) as exc:
-                    logger.warning("attachment %s of message %s could not be read: %s", name, for_id, exc)
-                    by_step.setdefault(for_id, []).append(f"[Attached file: {name}; it could not be read back.]")
-                    continue
-            by_step.setdefault(for_id, []).append(describe_attachment(name, mime, data, self.config.max_file_chars))
+            wanted = is_text_like(name, mime) or (knowledge is not None and knowledge.is_document(name, mime))
+
+            async def read(key: str | None = key, wanted: bool = wanted) -> bytes | None:
+                if not key or self.storage is None or not wanted:
+                    return None
+                return await self.storage.read_file(key)
+
+            try:
+                if knowledge is not None:
+                    block = await knowledge.stored_block(element.get("id") or "", name, mime, read)
+                else:
+                    block = describe_attachment(name, mime, await read(), self.config.max_file_chars)
+            except (FileNotFoundError, PermissionError, OSError) as exc:
+                logger.warning("attachment %s of message %s could not be read: %s", name, for_id, exc)
+                block = f"[Attached file: {name}; it could not be read back.]"
+            by_step.setdefault(for_id, []).append(block)
         return by_step
+
+
+def _included_passages(generation: Mapping[str, Any] | None) -> list[str] | None:
+    """The labels of the passages the context builder gave the model (None: unknown, all)."""
+    context = ((generation or {}).get("metadata") or {}).get("context")
+    passages = context.get("passages") if isinstance(context, dict) else None
+    included = passages.get("included") if isinstance(passages, dict) else None
+    return [label for label in included if isinstance(label, str)] if isinstance(included, list) else None
 

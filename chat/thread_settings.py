@@ -1,5 +1,6 @@
 """The per-thread chat settings (model, temperature, max tokens, history length, prompt
-template, reading links, searching all of the user's documents): what the settings panel shows, what thread metadata stores under `chat_settings`,
+template, reading links, searching all of the user's documents): what the settings panel
+shows, what thread metadata stores under `chat_settings`,
 and what the API accepts per conversation or per call."""
 
 from __future__ import annotations
