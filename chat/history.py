@@ -21,7 +21,9 @@ TRUNCATION_NOTE = "\n[... truncated to fit the model's context ...]"
 def estimate_tokens(text: str) -> int:
     if not text:
         return 0
-    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    # Counted in C (encoding drops every other character): a Python loop over the
+    # characters took tens of milliseconds of event-loop time per request on long threads.
+    ascii_chars = len(text.encode("ascii", "ignore"))
     return (ascii_chars + 3) // 4 + (len(text) - ascii_chars)
 
 
@@ -32,14 +34,16 @@ def truncate_to_tokens(text: str, tokens: int) -> str:
     room = tokens - estimate_tokens(TRUNCATION_NOTE)
     if room <= 0:
         return ""
-    cost = 0.0
-    cut = 0
-    for i, ch in enumerate(text):
-        cost += 0.25 if ord(ch) < 128 else 1.0
-        if cost > room:
-            break
-        cut = i + 1
-    return text[:cut] + TRUNCATION_NOTE
+    # The estimate grows with the prefix: a binary search costs a few C-speed estimates
+    # where a character loop cost milliseconds on a long page.
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if estimate_tokens(text[:mid]) <= room:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low] + TRUNCATION_NOTE
 
 
 @dataclass(frozen=True)
