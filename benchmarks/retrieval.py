@@ -155,10 +155,11 @@ class Result:
     latency: dict[str, tuple[float, float] | None] = field(default_factory=dict)  # mode -> (p50, p95) ms
     chunks: int = 0
     vectors: int = 0
+    fusion: dict[int, dict[str, float | None]] = field(default_factory=dict)  # other RRF constants -> hybrid recall
 
 
 async def measure(name: str, index: KnowledgeIndex, corpus: Corpus, prepared: Prepared,
-                  questions: list[list[float]] | None, dimensions: int | None) -> Result:
+                  questions: list[list[float]] | None, dimensions: int | None, rrf: Sequence[int] = ()) -> Result:
     await index.start(dimensions)
     vectors_on = index.vector_search and questions is not None
     status = index.status()
@@ -204,6 +205,15 @@ async def measure(name: str, index: KnowledgeIndex, corpus: Corpus, prepared: Pr
         result.recall[mode] = recall(corpus.facts, per_question[mode])
         result.latency[mode] = (statistics.median(times), p95(times))
     if vectors_on:
+        fusion_module = importlib.import_module("knowledge.index")
+        default = fusion_module.RRF_K
+        try:
+            for constant in rrf:
+                fusion_module.RRF_K = constant
+                result.fusion[constant] = recall(corpus.facts, [any(hit(c, f) for c in await hybrid(i, f))
+                                                                for i, f in enumerate(corpus.facts)])
+        finally:
+            fusion_module.RRF_K = default
         # Found by either top 5: what a fusion of the two rankings could reach at best.
         either = [a or b for a, b in zip(per_question["lexical"], per_question["vector"], strict=True)]
         result.recall["either"] = recall(corpus.facts, either)
@@ -220,11 +230,12 @@ def recall(facts: list[Fact], found: list[bool]) -> dict[str, float | None]:
     return out
 
 
-async def run_index(name: str, corpus: Corpus, prepared: Prepared, questions, dimensions, folder: Path) -> Result:
+async def run_index(name: str, corpus: Corpus, prepared: Prepared, questions, dimensions, folder: Path,
+                    rrf: Sequence[int] = ()) -> Result:
     if name == "sqlite":
         index = index_class("sqlite")(f"sqlite:///{folder / 'knowledge.sqlite3'}")
         try:
-            return await measure("SQLite (embedded)", index, corpus, prepared, questions, dimensions)
+            return await measure("SQLite (embedded)", index, corpus, prepared, questions, dimensions, rrf)
         finally:
             await index.close()
     if name == "postgres":
@@ -234,7 +245,7 @@ async def run_index(name: str, corpus: Corpus, prepared: Prepared, questions, di
             base = ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://").rsplit("/", 1)[0]
             index = index_class("postgresql")(f"{base}/{database}")
             try:
-                return await measure("PostgreSQL", index, corpus, prepared, questions, dimensions)
+                return await measure("PostgreSQL", index, corpus, prepared, questions, dimensions, rrf)
             finally:
                 await index.close()
         finally:
@@ -242,7 +253,7 @@ async def run_index(name: str, corpus: Corpus, prepared: Prepared, questions, di
     if name == "qdrant":
         index = index_class("qdrant+local")(f"qdrant+local://{folder / 'qdrant'}")
         try:
-            return await measure("Qdrant (local mode)", index, corpus, prepared, questions, dimensions)
+            return await measure("Qdrant (local mode)", index, corpus, prepared, questions, dimensions, rrf)
         finally:
             await index.close()
     raise ValueError(f"unknown index {name!r} (sqlite, postgres, qdrant)")
@@ -300,6 +311,10 @@ def report(corpus: Corpus, prepared: Prepared, results: list[Result], embedder, 
         parts = [f"{m} {fmt(r.recall[m]['paraphrased'])} / {fmt(r.recall[m]['lexical'])}" for m in MODES]
         print(f"  {r.name}: " + "; ".join(parts))
     for r in results:
+        for constant, value in r.fusion.items():
+            print(f"  {r.name}: hybrid with RRF k={constant}: {fmt(value['all'])} "
+                  f"({fmt(value['paraphrased'])} / {fmt(value['lexical'])})")
+    for r in results:
         print(f"  {r.name}: {r.status}")
     sys.stdout.flush()
 
@@ -325,7 +340,7 @@ async def run(args) -> None:
                 if name == "qdrant" and importlib.util.find_spec("knowledge.index_qdrant") is None:
                     print("qdrant: knowledge/index_qdrant.py is not there; skipped")
                     continue
-                results.append(await run_index(name, corpus, prepared, questions, dimensions, Path(tmp)))
+                results.append(await run_index(name, corpus, prepared, questions, dimensions, Path(tmp), args.rrf_k))
                 print(f"{results[-1].name}: done", file=sys.stderr)
         report(corpus, prepared, results, embedder, question_ms)
         if args.json:
@@ -350,6 +365,8 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, default=350)
     parser.add_argument("--overlap", type=int, default=60)
     parser.add_argument("--latency-questions", type=int, default=50, help="questions embedded one at a time for latency")
+    parser.add_argument("--rrf-k", type=int, nargs="*", default=[],
+                        help="also measure hybrid recall with these reciprocal-rank-fusion constants (the index's: 60)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     asyncio.run(run(args))
