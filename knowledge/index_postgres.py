@@ -30,6 +30,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COLUMNS = ("user_id", "id", "thread_id", "document_id", "step_id", "ordinal", "kind", "source", "location", "text")
 #: pgvector's HNSW index takes at most this many dimensions; above it searches scan exactly.
 HNSW_MAX_DIMENSIONS = 2000
+#: Rows per executemany call when adding chunks.
+INSERT_BATCH = 200
 #: From this pgvector version on, a filtered HNSW scan can go on past its first candidates.
 ITERATIVE_SCAN_VERSION = (0, 8, 0)
 
@@ -223,10 +225,13 @@ class PostgresKnowledgeIndex(KnowledgeIndex):
             if self._vec_column:
                 row.append(_vector_literal(vectors[i]) if vectors is not None and self._vectors_ready else None)
             rows.append(row)
+        sql = (f"INSERT INTO {self._table} ({', '.join(columns)}) VALUES ({values}) "
+               f"ON CONFLICT (user_id, id) DO UPDATE SET {updates}")
         async with self._connection(transaction=True) as conn:
-            await conn.executemany(
-                f"INSERT INTO {self._table} ({', '.join(columns)}) VALUES ({values}) "
-                f"ON CONFLICT (user_id, id) DO UPDATE SET {updates}", rows)
+            # asyncpg encodes a whole executemany on the event loop: in slices, other tasks run
+            # between them (one transaction all the same).
+            for start in range(0, len(rows), INSERT_BATCH):
+                await conn.executemany(sql, rows[start:start + INSERT_BATCH])
 
     async def _delete(self, *, user_id: str | None, thread_id: str | None, step_id: str | None,
                       document_id: str | None) -> int:

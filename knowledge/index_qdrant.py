@@ -153,6 +153,8 @@ class QdrantKnowledgeIndex(KnowledgeIndex):
                 self._client = AsyncQdrantClient(**self._options)
         if not await self._call("collection_exists", collection_name=self.collection):
             await self._create_collection(dimensions)
+        if not self.embedded:
+            await self._payload_indexes()
         await self._prepare_vectors(dimensions)
         if dimensions is not None and not self._vectors_ready:
             log.warning("Knowledge index: vector search is off: %s", self._note)
@@ -168,14 +170,18 @@ class QdrantKnowledgeIndex(KnowledgeIndex):
             # Another app process created it first; anything else is still an error.
             if not await self._call("collection_exists", collection_name=self.collection):
                 raise
-        if not self.embedded:
-            # The local mode has no payload indexes; on a server they make filters cheap, and the
-            # owner's is a tenant index (points stored and searched per user).
-            await self._call("create_payload_index", collection_name=self.collection, field_name="user_id",
-                             field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True))
-            for name in _KEYWORD_FIELDS:
-                await self._call("create_payload_index", collection_name=self.collection, field_name=name,
-                                 field_schema=models.PayloadSchemaType.KEYWORD)
+
+    async def _payload_indexes(self) -> None:
+        """On a server (the local mode has none), at every start so that a collection made
+        elsewhere gets them too (creating an existing one is a no-op): they make the filters
+        cheap, and the owner's is a tenant index (points stored and searched per user)."""
+        from qdrant_client import models
+
+        await self._call("create_payload_index", collection_name=self.collection, field_name="user_id",
+                         field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True))
+        for name in _KEYWORD_FIELDS:
+            await self._call("create_payload_index", collection_name=self.collection, field_name=name,
+                             field_schema=models.PayloadSchemaType.KEYWORD)
 
     async def _prepare_vectors(self, dimensions: int | None) -> None:
         from qdrant_client import models

@@ -367,6 +367,25 @@ class KnowledgeIndexContract:
             await index.add([new], [axis(1, 4)])
             assert self.ids(await index.search(Scope(user), "", vector=axis(1, 4), k=1)) == [new.id]
 
+    async def test_a_model_configured_later_adds_vectors_to_the_existing_chunks(self, open_index, persistent):
+        first = await open_index(None)
+        user, thread = new_id("u"), new_id("t")
+        old = chunk(user, thread, new_id("d"), 0, "venerable tortoise")
+        await first.add([old])
+        if persistent:
+            await first.close()
+            index = await open_index(DIM)
+        else:
+            index = first
+            await index.start(DIM)
+        assert self.ids(await index.search(Scope(user), "tortoise", vector=axis(0))) == [old.id]
+        if index.vector_search:
+            assert await index.vector_count(user_id=user) == 0
+            new = chunk(user, thread, new_id("d"), 0, "young hare")
+            await index.add([new], [axis(3)])
+            assert await index.vector_count(user_id=user) == 1
+            assert self.ids(await index.search(Scope(user), "", vector=axis(3), k=1)) == [new.id]
+
     async def test_work_does_not_block_the_event_loop(self, index):
         """A design check with a generous bound (not a benchmark): 2,000 chunks added and 40
         searches while a ticker measures how late the loop runs it.

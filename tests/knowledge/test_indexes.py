@@ -7,6 +7,8 @@ postgres-vector  a throwaway cluster of the PostgreSQL + pgvector binaries that 
                  is tested even where the machine's server has no pgvector
 qdrant-memory    qdrant-client's embedded mode in memory
 qdrant-local     qdrant-client's embedded mode on disk (tmp_path)
+qdrant-server    a real Qdrant server, only when TEST_QDRANT_URL is set (e.g. qdrant://127.0.0.1:6333,
+                 or qdrants://…?api_key=…): each test gets a collection of its own, deleted after
 
 Each PostgreSQL test gets a schema of its own (`?schema=`) in one throwaway database per run.
 """
@@ -23,10 +25,13 @@ import pytest
 
 from knowledge import KNOWLEDGE_SCHEMES
 from knowledge.index import KnowledgeIndex, Scope
-from tests.conftest import unavailable
+from tests.conftest import run_sync, unavailable
 from tests.contracts.knowledge import DIM, KnowledgeIndexContract, axis, chunk, new_id
 
 BACKENDS = ["sqlite", "postgres", "postgres-vector", "qdrant-memory", "qdrant-local"]
+QDRANT_SERVER_URL = os.environ.get("TEST_QDRANT_URL", "")
+if QDRANT_SERVER_URL:
+    BACKENDS.append("qdrant-server")
 
 
 def build(url: str) -> KnowledgeIndex:
@@ -96,7 +101,21 @@ def store_url(backend, request, tmp_path: Path) -> str:
     requires("qdrant_client", "qdrant")
     if backend == "qdrant-memory":
         return "qdrant+memory://"
+    if backend == "qdrant-server":
+        collection = f"test_{uuid.uuid4().hex[:12]}"
+        url = f"{QDRANT_SERVER_URL}{'&' if '?' in QDRANT_SERVER_URL else '?'}collection={collection}"
+        request.addfinalizer(lambda: run_sync(_drop_collection(url)))
+        return url
     return f"qdrant+local://{tmp_path / 'qdrant'}"
+
+
+async def _drop_collection(url: str) -> None:
+    index = build(url)
+    await index.start(None)
+    try:
+        await index._call("delete_collection", collection_name=index.collection)  # type: ignore[attr-defined]
+    finally:
+        await index.close()
 
 
 class TestKnowledgeIndexes(KnowledgeIndexContract):
@@ -203,6 +222,42 @@ def test_a_malformed_url_is_refused(url):
     requires({"q": "qdrant_client", "s": "sqlite3", "p": "asyncpg"}[url[0]], "all")
     with pytest.raises(ValueError):
         build(url)
+
+
+async def test_postgres_rebuilds_the_word_index_when_the_language_changes(knowledge_postgres, caplog):
+    url = _schema_url(knowledge_postgres)
+    first = build(url)
+    await first.start(None)
+    await first.add([chunk("u", "t", "d", 0, "the dogs were running")])
+    assert await first.search(Scope("u"), "run") == []  # 'simple' does not stem
+    await first.close()
+    english = build(f"{url}&language=english")
+    with caplog.at_level(logging.WARNING, logger="chainlit"):
+        await english.start(None)
+    try:
+        assert any("language changed" in r.getMessage() for r in caplog.records)
+        assert [h.chunk.text for h in await english.search(Scope("u"), "run dog")] == ["the dogs were running"]
+        assert english.status().lexical == "PostgreSQL ts_rank_cd (english)"
+    finally:
+        await english.close()
+
+
+def test_qdrant_term_weights_are_stable_and_saturate():
+    requires("qdrant_client", "qdrant")
+    from knowledge.index_qdrant import AVERAGE_LENGTH, BM25_K1, point_id, sparse_document, sparse_query, term_index
+
+    # The same index in every process and release (stored points depend on it).
+    assert term_index("okapi") == 4096371358
+    assert sparse_query(["okapi", "okapi"]) == ([term_index("okapi")], [1.0])
+    # In a chunk of average length: more occurrences weigh more, up to a ceiling (k1 + 1).
+    weights = [sparse_document(" ".join(["okapi"] * tf) + " filler" * (AVERAGE_LENGTH - tf))[1][0]
+               for tf in (1, 2, 4, 50)]
+    assert weights == sorted(weights) and weights[0] == 1.0 and weights[-1] < BM25_K1 + 1
+    # The same count weighs less in a longer chunk.
+    long = sparse_document("okapi" + " filler" * (4 * AVERAGE_LENGTH))[1][0]
+    assert long < weights[0]
+    assert sparse_document("") == ([], [])
+    assert point_id("a", "doc:0") != point_id("b", "doc:0") and point_id("a", "doc:0") == point_id("a", "doc:0")
 
 
 def test_every_scheme_names_an_importable_class():
