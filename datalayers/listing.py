@@ -16,9 +16,12 @@ Rows are plain dicts:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .timestamps import normalize_timestamp
+
+if TYPE_CHECKING:
+    from .writes import StepWrite
 
 LIST_PAGE = 500
 
@@ -55,3 +58,8 @@ class Listing:
     async def _list_threads(self, position: Any, limit: int, user_id: str | None,
                             since: str | None) -> tuple[list[dict[str, Any]], Any]:
         raise NotImplementedError(f"{type(self).__name__} cannot list threads")
+
+    async def _import_steps(self, writes: list[StepWrite], actor: str | None) -> None:
+        """Several steps of one thread, for an import: the journal's rules (`_write_steps`);
+        a backend may do them in fewer transactions, all or none."""
+        await self._write_steps(writes, actor)  # type: ignore[attr-defined]

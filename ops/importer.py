@@ -129,7 +129,7 @@ class Importer:
                 thread["id"], thread.get("name"), owner_id or None, dict(thread.get("metadata") or {}),
                 thread.get("tags"), at=thread.get("createdAt") or thread.get("updatedAt") or utc_now()), None)
         if steps:
-            await self.layer._write_steps(self._step_writes(thread, steps), owner)
+            await self.layer._import_steps(self._step_writes(thread, steps), owner)
         for element in elements:
             await self._write_element(element, bundle, owner)
         for rating in feedback:

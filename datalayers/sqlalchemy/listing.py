@@ -1,6 +1,6 @@
 """Listing users and threads on SQL, for the export (`datalayers/listing.py`): keyset pages
-on the primary key / the unique identifier, one SELECT per page. Mixed into
-`SQLAlchemyDataLayer`."""
+on the primary key / the unique identifier, one SELECT per page; and the import's step
+writes of one thread in one transaction. Mixed into `SQLAlchemyDataLayer`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .schema import threads, users
+from ..errors import NotYours
+from ..writes import StepWrite
+from .schema import steps, threads, users
+from .upserts import step_write
 
 
 class SQLListing:
     _run: Any
+    dialect: str
+    statements: Any
 
     async def _list_users(self, position: Any, limit: int) -> tuple[list[dict[str, Any]], Any]:
         query = select(users.c.id, users.c.identifier, users.c.metadata, users.c.createdAt)
@@ -50,3 +55,22 @@ class SQLListing:
                   "updatedAt": r.updatedAt or r.createdAt, "name": r.name, "tags": r.tags, "metadata": r.metadata}
                  for r in rows]
         return found, (found[-1]["id"] if len(found) == limit else None)
+
+    async def _import_steps(self, writes: list[StepWrite], actor: str | None) -> None:
+        """The statements each journaled step write runs (thread touch, guarded step
+        upsert), for all of a thread's steps in ONE transaction: all or none, a step id of
+        another thread refused as always. An import writes a whole thread at a time; one
+        commit instead of one per step is most of its time on SQL."""
+        async def work(conn: AsyncConnection):
+            for write in writes:
+                for prepared in step_write(self.dialect, write, actor):
+                    result = await conn.execute(*self.statements.statement(prepared))
+                if self.dialect in ("postgresql", "sqlite"):
+                    stored = result.first() is not None  # RETURNING: no row, the step is another thread's
+                else:
+                    stored = (await conn.execute(select(steps.c.threadId).where(steps.c.id == write.id))
+                              ).scalar() == write.thread_id
+                if not stored:
+                    raise NotYours(f"step {write.id} is in another thread")
+
+        await self._run("import_steps", work, thread_id=writes[0].thread_id if writes else None)
