@@ -59,8 +59,11 @@ background: set[asyncio.Task] = set()
 async def on_app_startup():
     # Writes a previous run left in the journal (a crash, a shutdown during an outage) are
     # applied now, not when some user next happens to touch the data layer.
-    if knowledge is not None:  # before the journal's replay, which may ask it to forget deleted threads
-        await knowledge.ensure_started()
+    if knowledge is not None:
+        # In the background: loading a local embedding model takes seconds, and the app
+        # answers meanwhile (a turn that needs the index waits for it; a delete that must
+        # reach it is retried from the journal until it is up).
+        background.add(asyncio.create_task(knowledge.ensure_started(), name="knowledge start"))
     if hasattr(persistence, "start"):
         await persistence.start()
     if sessions is not None:  # close open sockets whose session another instance or the CLI ended

@@ -172,12 +172,19 @@ class KnowledgeService:
         now = time.monotonic()
         keys = {k: v for k, v in (("thread_id", thread_id), ("step_id", step_id), ("element_id", element_id)) if v}
         self._forgotten = [(at, k) for at, k in self._forgotten if now - at < FORGOTTEN_SECONDS] + [(now, keys)]
+        if self.index is not None and not await self.ensure_started():
+            # The data layer journals the delete and tells us again until the index is up.
+            raise ConnectionError(f"the knowledge index is unavailable ({self.problem})")
         if self.index is not None:
             await self.index.delete(thread_id=thread_id, step_id=step_id, document_id=element_id)
 
     async def forget_user(self, identifier: str) -> int:
         """Every chunk of one user (erasure); the number removed."""
-        return await self.index.delete(user_id=identifier) if self.index is not None else 0
+        if self.index is None:
+            return 0
+        if not await self.ensure_started():
+            raise ConnectionError(f"the knowledge index is unavailable ({self.problem})")
+        return await self.index.delete(user_id=identifier)
 
     # ---- a turn --------------------------------------------------------------------------
     async def prepare(self, text: str, attachments: Sequence[Attachment], *, user: str, thread_id: str,

@@ -15,7 +15,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 # Settings of the developer's shell that must not leak into the app under test.
-APP_ENV_PREFIXES = ("OAUTH_", "APP_", "LLM_", "OPENAI_", "CHAT_", "CHAINLIT_", "DATABASE_", "STORAGE_")
+APP_ENV_PREFIXES = ("OAUTH_", "APP_", "LLM_", "OPENAI_", "CHAT_", "CHAINLIT_", "DATABASE_", "STORAGE_", "KNOWLEDGE_")
 
 
 def free_port() -> int:
@@ -50,6 +50,10 @@ class RunningApp:
                     "LLM_TIMEOUT_SECONDS": "20",
                 }
             )
+        else:
+            # Offline, the app would load the local embedding model (the dev extras install it):
+            # seconds of CPU per start that only the knowledge tests need, and they ask for it.
+            env["KNOWLEDGE_EMBEDDINGS"] = "none"
         env.update(extra_env)
         self.env = env
         self.log = open(self.log_path, "w")

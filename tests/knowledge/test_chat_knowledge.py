@@ -22,8 +22,7 @@ from knowledge.config import load_knowledge_config
 from knowledge.embeddings import OpenAIEmbedder
 from knowledge.index_sqlite import SQLiteKnowledgeIndex
 from knowledge.service import KnowledgeService
-from tests.chat.conftest import llm_server, llm_server_session, make_config  # noqa: F401  (fixtures)
-from tests.chat.test_chat_service import Chat, drain, open_chat, stack  # noqa: F401  (fixtures)
+from tests.chat.test_chat_service import Chat
 from tests.servers.pages import ARTICLE_FACT, ARTICLE_TITLE, PageServer
 
 FACT = "The Quillon reservoir gate is opened with lever number 8817."
@@ -48,7 +47,7 @@ def pages():
 
 
 @pytest.fixture
-async def knowledge_stack(stack, tmp_path, llm_server, make_config, pages):  # noqa: F811
+async def knowledge_stack(stack, tmp_path, llm_server, make_config, pages):
     layer, storage, user = stack
     env = {"KNOWLEDGE_LINKS_ALLOWED_HOSTS": pages.authority, "KNOWLEDGE_WHOLE_DOCUMENT_TOKENS": "300"}
     index = SQLiteKnowledgeIndex(f"sqlite:///{tmp_path / 'knowledge.sqlite3'}")
@@ -71,7 +70,7 @@ def last_chat(server) -> dict:
     return [r for r in server.requests if "messages" in r][-1]
 
 
-async def test_a_long_document_is_indexed_retrieved_and_cited(knowledge_stack, open_chat, llm_server):  # noqa: F811
+async def test_a_long_document_is_indexed_retrieved_and_cited(knowledge_stack, open_chat, llm_server):
     service, knowledge, layer, user = knowledge_stack
     chat = open_chat(service)
     manual = File(name="manual.md", content=long_document().encode(), mime="text/markdown")
@@ -99,7 +98,7 @@ async def test_a_long_document_is_indexed_retrieved_and_cited(knowledge_stack, o
     assert await knowledge.index.vector_count(user_id=user.identifier) > 5
 
 
-async def test_another_user_never_retrieves_the_first_users_passages(knowledge_stack, open_chat, llm_server):  # noqa: F811
+async def test_another_user_never_retrieves_the_first_users_passages(knowledge_stack, open_chat, llm_server):
     service, knowledge, layer, user = knowledge_stack
     chat = open_chat(service)
     await chat.say("Read this", [File(name="manual.md", content=long_document().encode(), mime="text/markdown")])
@@ -115,7 +114,7 @@ async def test_another_user_never_retrieves_the_first_users_passages(knowledge_s
     assert "Sources" not in answer.content
 
 
-async def test_deleting_the_message_or_the_thread_deletes_its_chunks_and_vectors(knowledge_stack, open_chat):  # noqa: F811
+async def test_deleting_the_message_or_the_thread_deletes_its_chunks_and_vectors(knowledge_stack, open_chat):
     service, knowledge, layer, user = knowledge_stack
     chat = open_chat(service)
     await chat.say("First", [File(name="a.md", content=long_document().encode(), mime="text/markdown")])
@@ -138,7 +137,7 @@ async def test_deleting_the_message_or_the_thread_deletes_its_chunks_and_vectors
     assert await index.vector_count(user_id=user.identifier) == 0
 
 
-async def test_linked_pages_are_read_shown_and_stored(knowledge_stack, open_chat, llm_server, pages):  # noqa: F811
+async def test_linked_pages_are_read_shown_and_stored(knowledge_stack, open_chat, llm_server, pages):
     service, _knowledge, layer, _user = knowledge_stack
     chat = open_chat(service)
     url = pages.url("/article.html")
@@ -151,7 +150,7 @@ async def test_linked_pages_are_read_shown_and_stored(knowledge_stack, open_chat
     assert page_elements and ARTICLE_FACT.encode() in await layer.storage.read_file(page_elements[0]["objectKey"])
 
 
-async def test_a_refused_link_is_reported_with_its_reason(knowledge_stack, open_chat, llm_server, pages):  # noqa: F811
+async def test_a_refused_link_is_reported_with_its_reason(knowledge_stack, open_chat, llm_server, pages):
     service, _knowledge, _layer, _user = knowledge_stack
     chat = open_chat(service)
     # The allowed host is 127.0.0.1:<port>; this redirect goes to the same server under
@@ -164,7 +163,7 @@ async def test_a_refused_link_is_reported_with_its_reason(knowledge_stack, open_
     assert "✗" in reading["output"] and "refused" in reading["output"]
 
 
-async def test_link_reading_can_be_turned_off_per_thread(knowledge_stack, open_chat, llm_server, pages):  # noqa: F811
+async def test_link_reading_can_be_turned_off_per_thread(knowledge_stack, open_chat, llm_server, pages):
     service, _knowledge, _layer, _user = knowledge_stack
     chat = open_chat(service)
     chat.session.chat_settings = {"read_links": False}
@@ -174,7 +173,7 @@ async def test_link_reading_can_be_turned_off_per_thread(knowledge_stack, open_c
     assert ARTICLE_FACT not in system_text(last_chat(llm_server))
 
 
-async def test_a_resumed_thread_retrieves_from_its_documents(knowledge_stack, open_chat, llm_server):  # noqa: F811
+async def test_a_resumed_thread_retrieves_from_its_documents(knowledge_stack, open_chat, llm_server):
     service, _knowledge, _layer, _user = knowledge_stack
     chat = open_chat(service)
     await chat.say("Keep this", [File(name="manual.md", content=long_document().encode(), mime="text/markdown")])
@@ -184,3 +183,22 @@ async def test_a_resumed_thread_retrieves_from_its_documents(knowledge_stack, op
     assert "It is indexed" in user_turn.content and "Chapter 0" not in user_turn.content
     await chat.say("And which lever was it for the Quillon gate?")
     assert FACT in system_text(last_chat(llm_server))
+
+
+async def test_an_unreachable_index_lets_the_chat_go_on_and_deletes_wait_for_it(stack, open_chat, make_config,
+                                                                               llm_server, tmp_path, caplog):
+    from knowledge.index_postgres import PostgresKnowledgeIndex
+    from tests.e2e.app_runner import free_port
+
+    layer, storage, _user = stack
+    index = PostgresKnowledgeIndex(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    knowledge = KnowledgeService(load_knowledge_config(tmp_path, {"KNOWLEDGE_WHOLE_DOCUMENT_TOKENS": "100"}), index)
+    config = make_config(LLM_GENERATE_TITLES="false")
+    chat = open_chat(ChatService(config, OpenAIProvider(config), storage, layer, knowledge))
+    answer = await chat.say("Read this", [File(name="manual.md", content=long_document().encode(), mime="text/markdown")])
+    assert not answer.is_error
+    assert "Chapter 0" in last_chat(llm_server)["messages"][-1]["content"]  # given whole, as far as it fits
+    assert any("could not be started" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    with pytest.raises(ConnectionError, match="unavailable"):
+        await knowledge.forget(thread_id=chat.thread_id)
+    await knowledge.close()
