@@ -9,26 +9,41 @@ root) with every server command taken from pgserver's PostgreSQL instead of the 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 
 from tests.faults import postgres_cluster
 from tests.faults.postgres_cluster import ThrowawayCluster
 
 
-def pgserver_bin() -> Path | None:
-    """Where the wheel's PostgreSQL binaries are, or None. Found without importing pgserver,
-    whose import reads platform folders (and warns when XDG_RUNTIME_DIR is unset)."""
+def pgserver_package() -> Path | None:
+    """The installed pgserver package folder if it holds PostgreSQL binaries, or None. Found
+    without importing pgserver, whose import reads platform folders (and warns when
+    XDG_RUNTIME_DIR is unset)."""
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return folder if (folder / "postgres").exists() else None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return folder if (folder / "pginstall" / "bin" / "postgres").exists() else None
 
 
 class PgvectorCluster(ThrowawayCluster):
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, package: Path) -> None:
         super().__init__()
-        self.bin = bin_dir
+        if self._as_other_user:
+            # The `postgres` user may not reach the virtualenv (a clone under a private folder):
+            # a copy in the cluster's own folder, laid out as installed, since initdb and psql
+            # find libpq at $ORIGIN/../../../pgserver.libs.
+            site = self.root / "site"
+            shutil.copytree(package / "pginstall", site / "pgserver" / "pginstall", symlinks=True)
+            libs = package.parent / "pgserver.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, site / "pgserver.libs", symlinks=True)
+            for folder in (self.root, site):
+                os.chmod(folder, 0o755)
+            package = site / "pgserver"
+        self.bin = package / "pginstall" / "bin"
 
     def _run(self, *argv, timeout: float = 120, check: bool = True):
         program = Path(str(argv[0]))

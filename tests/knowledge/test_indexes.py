@@ -58,16 +58,16 @@ def pgvector_cluster():
     """A PostgreSQL with pgvector of the tests' own (the machine's has none)."""
     from tests.faults.postgres_cluster import ClusterError, missing_prerequisite
 
-    from .pgvector_cluster import PgvectorCluster, pgserver_bin
+    from .pgvector_cluster import PgvectorCluster, pgserver_package
 
-    bin_dir = pgserver_bin()
-    if bin_dir is None:
+    package = pgserver_package()
+    if package is None:
         unavailable("pgserver is not installed (pip install -e '.[dev]'): the pgvector path cannot be tested")
     reason = missing_prerequisite()
     if reason:
         unavailable(reason)
     try:
-        cluster = PgvectorCluster(bin_dir)
+        cluster = PgvectorCluster(package)
         cluster.__enter__()
     except ClusterError as exc:
         unavailable(f"the pgvector cluster did not start: {exc}")
