@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ops.archive_cmd",
     "ops.retention_cmd",
     "ops.erase_cmd",
+    "ops.sweep_cmd",
 )
 
 logger = logging.getLogger("chainlit").getChild("ops")
