@@ -37,7 +37,7 @@ try:
     import pysqlite3.dbapi2 as sqlite3  # type: ignore[no-redef]
 except ImportError:  # the wheel is Linux-only; elsewhere the stdlib may or may not load extensions
     sqlite3 = _stdlib_sqlite3
-    _driver_note = "pysqlite3-binary is not installed (pip install 'chainlit-persist[knowledge]')"
+    _driver_note = "pysqlite3-binary is not installed"
 
 try:
     import sqlite_vec
@@ -150,7 +150,10 @@ class SQLiteKnowledgeIndex(KnowledgeIndex):
                 # Derived data: after a power cut WAL + NORMAL may lose the last commits but never
                 # corrupts, and re-ingesting a document restores it.
                 conn.execute("PRAGMA synchronous = NORMAL")
-            self._note = _driver_note or self._load_vec(conn)
+            # The stdlib's sqlite3 may load extensions too (some builds do): try whichever we have.
+            self._note = self._load_vec(conn)
+            if self._note and _driver_note:
+                self._note = f"{_driver_note}; {self._note}"
             conn.executescript(_SCHEMA)
         except BaseException:
             conn.close()

@@ -158,6 +158,59 @@ async def test_pgvector_is_used_when_the_server_has_it(pgvector_cluster):
         await index.close()
 
 
+async def test_pgvector_that_may_not_be_created_leaves_words_working(pgvector_cluster):
+    """The server has pgvector but the app's role may not CREATE EXTENSION (pgvector is not a
+    trusted extension): lexical only, and the note says what a superuser can do."""
+    import asyncpg
+
+    role, database = f"k_{uuid.uuid4().hex[:8]}", f"k_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(pgvector_cluster.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await admin.execute(f"CREATE DATABASE {database} OWNER {role}")
+    finally:
+        await admin.close()
+    url = pgvector_cluster.replace("postgresql+asyncpg://postgres@", "postgresql://" + role + "@", 1)
+    index = build(url.rsplit("/", 1)[0] + f"/{database}")
+    await index.start(DIM)
+    try:
+        status = index.status()
+        assert not index.vector_search and status.vectors is None
+        assert "could not be enabled" in status.note and "CREATE EXTENSION" in status.note
+        await index.add([chunk("u", "t", "d", 0, "words still work")], [axis(0)])
+        assert [h.chunk.text for h in await index.search(Scope("u"), "words", vector=axis(0))] == ["words still work"]
+    finally:
+        await index.close()
+
+
+def test_sqlite_without_pysqlite3_works_by_words(tmp_path):
+    """Where the pysqlite3 wheel is missing, the stdlib's sqlite3 serves (and says why there
+    are no vectors): run in a fresh interpreter that cannot import pysqlite3."""
+    script = f"""
+import asyncio, sys
+sys.modules["pysqlite3"] = None
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+from knowledge.index import Chunk, Scope
+from knowledge.index_sqlite import SQLiteKnowledgeIndex
+
+async def main():
+    index = SQLiteKnowledgeIndex("sqlite:///{tmp_path / 'k.sqlite3'}")
+    await index.start(4)
+    await index.add([Chunk("d:0", "u", "t", "d", 0, "fallback words", "f.txt")], [[1.0, 0, 0, 0]])
+    hits = await index.search(Scope("u"), "words", vector=[1.0, 0, 0, 0])
+    print(index.vector_search, [h.chunk.text for h in hits], index.status().note)
+    await index.close()
+
+asyncio.run(main())
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("False ['fallback words'] pysqlite3-binary is not installed"), done.stdout
+
+
 async def test_postgres_says_why_vectors_are_off(knowledge_postgres):
     index = build(_schema_url(knowledge_postgres))
     await index.start(DIM)
