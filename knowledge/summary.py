@@ -173,6 +173,11 @@ class SummaryUpdates:
                 return None
             on_summary(summary)
             if data_layer is not None:
+                # `update_thread` creates a missing thread: one deleted while the model wrote
+                # its summary must not come back as an ownerless shell.
+                if not await data_layer.get_thread_author(thread_id):
+                    logger.info("thread %s is gone (or has no owner); its summary is not stored", thread_id)
+                    return summary
                 await data_layer.update_thread(thread_id=thread_id, metadata={SUMMARY_KEY: summary.as_json()})
             return summary
         finally:

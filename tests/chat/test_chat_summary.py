@@ -215,3 +215,19 @@ def test_the_summarizer_reads_the_oldest_turns_that_fit_each_cut():
     assert [t.id for t in chosen] == ["t0"] and len(transcript) < 500
     chosen, _ = Summarizer.select([Turn("user", "a", "u1"), Turn("assistant", "b", None)], 1000)
     assert [t.id for t in chosen] == ["u1"]  # ends on a turn a summary can name
+
+
+async def test_a_thread_deleted_meanwhile_is_not_recreated_by_its_summary(stack, make_config, llm_server):
+    layer = stack[0]
+    config = make_config()
+    provider = OpenAIProvider(config)
+    turns = [Turn("user" if i % 2 == 0 else "assistant", f"turn {i} " + "word " * 300, f"t{i}") for i in range(8)]
+    context = ContextBuilder(400).build("sys", "new", turns, history_length=20, max_tokens=None)
+    kept: list[Summary] = []
+    job = SummaryUpdates(provider, config.context_tokens).start("a-deleted-thread", "test-model", context,
+                                                               load_prompts(config.prompts_file), layer, kept.append)
+    assert job is not None
+    assert (await job) == kept[0]  # made, kept in the session's state, but not stored:
+    assert await layer.get_thread("a-deleted-thread") is None
+    assert len(summary_requests(llm_server)) == 1
+    await provider.aclose()
