@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.dynamodb_writes
 	$(BIN)/python -m benchmarks.api
 	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.ops
 
 ddl: setup
 	$(BIN)/python -m datalayers.sqlalchemy ddl --write
