@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "ops.retention_cmd",
     "ops.erase_cmd",
     "ops.sweep_cmd",
+    "ops.doctor_cmd",
 )
 
 logger = logging.getLogger("chainlit").getChild("ops")
