@@ -53,7 +53,7 @@ async def _bounded(work: Awaitable[Any], timeout: float, what: str) -> Any:
 async def check_database(settings: Any, timeout: float) -> Check:
     from settings import redact_url
 
-    where = redact_url(settings.database_url)
+    where = redact_url(settings.database_url) or ""
     try:
         from chat.private_files import sqlite_path
 
@@ -138,7 +138,7 @@ class _NoStorage:
 async def check_storage(settings: Any, timeout: float) -> list[Check]:
     from settings import redact_url
 
-    where = redact_url(settings.storage_url)
+    where = redact_url(settings.storage_url) or ""
     try:
         storage = settings.build_storage()
     except Exception as exc:
