@@ -36,7 +36,8 @@ UPDATE_TOKENS = 1500
 #: `TURN_INPUT_TOKENS`), and less when the model's context is smaller.
 SUMMARY_INPUT_TOKENS = 3000
 TURN_INPUT_TOKENS = 600
-#: The summary's own length: the answer's max tokens (the prompt asks for 200 words).
+#: The summary's own length: the answer's max tokens (the prompt asks for 200 words), at
+#: most a quarter of the model's context.
 SUMMARY_MAX_TOKENS = 400
 SUMMARY_TEMPERATURE = 0.2
 #: A stored summary longer than this is cut before it is folded again.
@@ -64,11 +65,14 @@ class Summarizer:
     """One model call that folds older turns into the running summary."""
 
     def __init__(self, provider: Provider, prompts: PromptBook, *, context_tokens: int | None = None,
-                 max_tokens: int = SUMMARY_MAX_TOKENS):
+                 max_tokens: int | None = None):
         self.provider = provider
         self.prompts = prompts
         self.context_tokens = context_tokens
-        self.max_tokens = max_tokens
+        # In a small context the summary is shorter too, leaving room for the turns it reads
+        # (and it takes at most half of a request's room: knowledge.context.SUMMARY_SHARE).
+        default = SUMMARY_MAX_TOKENS if context_tokens is None else min(SUMMARY_MAX_TOKENS, context_tokens // 4)
+        self.max_tokens = max_tokens or default
 
     def input_budget(self, system: str, previous: str) -> int:
         """Tokens for the turns: `SUMMARY_INPUT_TOKENS`, less in a small context (what the
