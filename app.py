@@ -68,6 +68,15 @@ async def on_app_startup():
         await persistence.start()
     if sessions is not None:  # close open sockets whose session another instance or the CLI ended
         background.add(asyncio.create_task(sessions.sweep_forever(), name="session sweep"))
+    if settings.retention_days is not None:
+        from datetime import timedelta
+
+        from ops.retention import RetentionSchedule
+
+        # The knowledge index forgets a deleted thread's chunks through the data layer (derived store).
+        retention = RetentionSchedule(persistence, timedelta(days=settings.retention_days),
+                                      settings.retention_interval_hours * 3600)
+        background.add(asyncio.create_task(retention.run_forever(), name="retention"))
 
 
 async def health(request):

@@ -217,6 +217,10 @@ class Settings:
     api_max_body_bytes: int = 2 * 1024 * 1024
     # The knowledge index (documents, linked pages): KNOWLEDGE_URL, None when turned off.
     knowledge_url: str | None = field(default=None, repr=False)
+    # Retention the app applies itself (ops/retention.py): threads inactive longer than
+    # APP_RETENTION_DAYS are deleted every APP_RETENTION_INTERVAL_HOURS; None: off.
+    retention_days: float | None = None
+    retention_interval_hours: float = 24.0
 
     def __repr__(self) -> str:  # never print passwords or secrets
         return (
@@ -325,7 +329,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, dotenv: bool = True, 
         api_rate_per_minute=int(_env_number(env, "API_RATE_LIMIT_PER_MINUTE", 120, 1, 100_000)),
         api_max_body_bytes=int(_env_number(env, "API_MAX_BODY_BYTES", 2 * 1024 * 1024, 1024, 64 * 1024 * 1024)),
         knowledge_url=_knowledge_url(env, data_dir),
+        retention_days=_retention_days(env),
+        retention_interval_hours=_env_number(env, "APP_RETENTION_INTERVAL_HOURS", 24.0, 0.01, 24 * 366),
     )
+
+
+def _retention_days(env: Mapping[str, str]) -> float | None:
+    """APP_RETENTION_DAYS: unset or empty turns retention off; a day at least, so that a
+    typo cannot delete the conversations of the last hours."""
+    if not (env.get("APP_RETENTION_DAYS") or "").strip():
+        return None
+    return _env_number(env, "APP_RETENTION_DAYS", 0.0, 1, 100 * 366)
 
 
 def _knowledge_url(env: Mapping[str, str], data_dir: Path) -> str | None:

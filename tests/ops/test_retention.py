@@ -217,3 +217,17 @@ async def test_a_failing_scheduled_run_is_logged_and_retried(tmp_path, caplog):
         assert schedule.runs == 2 and schedule.last_error is not None
     finally:
         await layer.close()
+
+
+def test_retention_settings(tmp_path):
+    from settings import ConfigurationError, load_settings
+
+    base = {"APP_DATA_DIR": str(tmp_path), "CHAINLIT_AUTH_SECRET": "s" * 48}
+    off = load_settings(base)
+    assert off.retention_days is None and off.retention_interval_hours == 24
+    on = load_settings({**base, "APP_RETENTION_DAYS": "90", "APP_RETENTION_INTERVAL_HOURS": "6"})
+    assert on.retention_days == 90 and on.retention_interval_hours == 6
+    for name, value in (("APP_RETENTION_DAYS", "0.5"), ("APP_RETENTION_DAYS", "ninety"),
+                        ("APP_RETENTION_INTERVAL_HOURS", "0")):
+        with pytest.raises(ConfigurationError, match=name):
+            load_settings({**base, "APP_RETENTION_DAYS": "30", name: value})
