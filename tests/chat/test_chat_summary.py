@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 
 import chainlit as cl
+import pytest
 from chainlit.user_session import user_sessions
 
 from chat.config import load_chat_config
 from chat.history import Turn
-from chat.prompts import load_prompts
+from chat.prompts import DEFAULT_SUMMARY, PromptError, load_prompts
 from chat.providers import OfflineProvider, OpenAIProvider
 from chat.service import STATE_KEY, ChatService
 from knowledge.context import SUMMARY_PREFIX, ContextBuilder, Summary
@@ -231,3 +232,18 @@ async def test_a_thread_deleted_meanwhile_is_not_recreated_by_its_summary(stack,
     assert await layer.get_thread("a-deleted-thread") is None
     assert len(summary_requests(llm_server)) == 1
     await provider.aclose()
+
+
+def test_the_summary_prompt_is_read_from_the_file_like_the_title_prompt(tmp_path):
+    shipped = load_prompts(load_chat_config({}).prompts_file).summary
+    rendered = shipped.render_user("User: hi", previous="(none)")
+    assert "User: hi" in rendered and "(none)" in rendered and "${" not in rendered
+    path = tmp_path / "mine.toml"
+    path.write_text('[templates.a]\nsystem = "x"\n')
+    assert load_prompts(path).summary == DEFAULT_SUMMARY  # built in when the table is missing
+    path.write_text('[templates.a]\nsystem = "x"\n[summary]\nsystem = "Sum up for ${user}."\n'
+                    'user = "Before: ${previous}\\nNow: ${input}"\n')
+    assert load_prompts(path).summary.render_user("t", previous="p") == "Before: p\nNow: t"
+    path.write_text('[templates.a]\nsystem = "x"\n[summary]\nsystem = "Sum up ${answer}."\n')
+    with pytest.raises(PromptError, match="summary.system: unknown placeholder"):
+        load_prompts(path)
