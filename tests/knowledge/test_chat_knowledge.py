@@ -202,3 +202,55 @@ async def test_an_unreachable_index_lets_the_chat_go_on_and_deletes_wait_for_it(
     with pytest.raises(ConnectionError, match="unavailable"):
         await knowledge.forget(thread_id=chat.thread_id)
     await knowledge.close()
+
+
+def document_of_kind(kind: str, fact: str) -> tuple[str, str, bytes, str]:
+    """(file name, MIME type, bytes, where the fact is) of a long document of that kind."""
+    filler = [f"Paragraph {n}: the depot inventory lists crates, pallets and seasonal stock counts." for n in range(30)]
+    if kind == "txt":
+        text = "\n\n".join(filler[:20] + [fact] + filler) * 3
+        return "notes.txt", "text/plain", text.encode(), ""
+    if kind == "md":
+        body = "\n\n".join(f"# Part {n}\n\n" + " ".join(filler) + (f" {fact}" if n == 6 else "") for n in range(10))
+        return "notes.md", "text/markdown", body.encode(), "section Part 6"
+    if kind == "html":
+        body = "".join(f"<h2>Part {n}</h2><p>{' '.join(filler)}{' ' + fact if n == 6 else ''}</p>" for n in range(10))
+        html = f"<html><head><title>Depot notes</title></head><body><article>{body}</article></body></html>"
+        return "notes.html", "text/html", html.encode(), "Part 6"
+    if kind == "pdf":
+        from fpdf import FPDF
+
+        pdf = FPDF()
+        pdf.set_font("Helvetica", size=10)
+        for page in range(1, 21):
+            pdf.add_page()
+            pdf.multi_cell(0, 5, " ".join(filler[:12]) + (f" {fact}" if page == 13 else ""))
+        return "notes.pdf", "application/pdf", bytes(pdf.output()), "page 13"
+    import io
+
+    import docx
+
+    document = docx.Document()
+    for n in range(10):
+        document.add_heading(f"Part {n}", level=1)
+        document.add_paragraph(" ".join(filler) + (f" {fact}" if n == 6 else ""))
+    out = io.BytesIO()
+    document.save(out)
+    return ("notes.docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document", out.getvalue(),
+            "Part 6")
+
+
+@pytest.mark.parametrize("kind", ["txt", "md", "html", "pdf", "docx"])
+async def test_each_document_type_is_indexed_retrieved_and_cited_with_its_place(knowledge_stack, open_chat, kind,
+                                                                               llm_server):
+    service, knowledge, _layer, user = knowledge_stack
+    fact = "The Zephyrine depot keeps spare rotor blades in bay 5521."
+    name, mime, data, where = document_of_kind(kind, fact)
+    chat = open_chat(service)
+    answer = await chat.say("Where does the Zephyrine depot keep spare rotor blades?", [File(name=name, content=data,
+                                                                                                 mime=mime)])
+    assert fact in system_text(last_chat(llm_server))
+    assert await knowledge.index.count(user_id=user.identifier, thread_id=chat.thread_id) > 1  # indexed, not whole
+    cited = [line for line in answer.content.split("; ") if name in line]
+    assert cited, answer.content
+    assert any(where in line for line in cited), answer.content
