@@ -42,6 +42,8 @@ UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1
 _AGE = re.compile(r"^\s*(\d+)\s*([hdwmy])\s*$", re.IGNORECASE)
 #: Errors of one thread that the job reports and goes on after (the next thread may work).
 THREAD_ERRORS = (DataLayerError, StorageError, OSError)
+#: Threads purged at the same time.
+CONCURRENCY = 4
 
 
 def parse_age(text: str) -> timedelta:
@@ -111,13 +113,13 @@ def cutoff_for(older_than: timedelta, now: datetime | None = None) -> str:
 
 async def purge(layer: Any, *, older_than: timedelta, user: str | None = None, dry_run: bool = False,
                 knowledge: Any = None, progress: Callable[[int], None] | None = None,
-                now: datetime | None = None) -> PurgeReport:
+                now: datetime | None = None, concurrency: int = CONCURRENCY) -> PurgeReport:
     """Delete (or with `dry_run` only count) the threads last active more than
     `older_than` ago, of `user` only when given. Failures of single threads are counted
     and reported; the job goes on with the next one."""
     cutoff = cutoff_for(older_than, now)
     report = PurgeReport(cutoff=cutoff, user=user, dry_run=dry_run, started_at=format_timestamp(datetime.now(UTC)))
-    async for ref in threads_of(layer, inactive_before=cutoff, owner=user):
+    async def one(ref: ThreadRef) -> None:
         try:
             await _purge_one(layer, ref, cutoff, report, dry_run, knowledge)
         except THREAD_ERRORS as exc:
@@ -128,6 +130,33 @@ async def purge(layer: Any, *, older_than: timedelta, user: str | None = None, d
                            ref.id, type(exc).__name__, exc)
         if progress is not None:
             progress(1)
+
+    # A few threads at a time: each costs several round trips, mostly waiting on the
+    # database; the bound keeps the job from crowding out the app's own queries.
+    limit = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task] = set()
+    unexpected: list[BaseException] = []   # anything but a thread's own failure stops the job
+
+    def done(task: asyncio.Task) -> None:
+        running.discard(task)
+        limit.release()
+        if not task.cancelled() and task.exception() is not None:
+            unexpected.append(task.exception())  # type: ignore[arg-type]
+
+    try:
+        async for ref in threads_of(layer, inactive_before=cutoff, owner=user):
+            await limit.acquire()
+            if unexpected:
+                raise unexpected[0]
+            task = asyncio.create_task(one(ref))
+            running.add(task)
+            task.add_done_callback(done)
+        await asyncio.gather(*running, return_exceptions=True)
+        if unexpected:
+            raise unexpected[0]
+    finally:
+        for task in list(running):
+            task.cancel()
     report.finished_at = format_timestamp(datetime.now(UTC))
     return report
 
