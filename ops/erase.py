@@ -93,6 +93,7 @@ async def remove_user_record(layer: Any, identifier: str) -> int:
 async def erase_user(layer: Any, name: str, *, user_store: Any = None, knowledge: Any = None,
                      dry_run: bool = False, override_hold: bool = False,
                      progress: Any = None) -> Receipt:
+    _backend(layer)  # a data layer of another kind is refused before anything is changed
     receipt = Receipt(user=name, dry_run=dry_run, override_hold=override_hold,
                       started_at=format_timestamp(datetime.now(UTC)))
     persisted = await layer.get_user(name)
