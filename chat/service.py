@@ -23,8 +23,9 @@ from literalai import ChatGeneration
 from knowledge.context import SUMMARY_KEY, ContextBuilder, PageText, Passage, Summary
 from knowledge.summary import SummaryUpdates
 
+from .attachments import included_passages, message_attachments, stored_attachments
 from .config import ChatConfig
-from .files import describe_attachment, is_text_like, read_path
+from .files import describe_attachment
 from .history import Turn, turns_from_steps
 from .prompts import PromptBook, load_prompts_async
 from .providers import ChatRequest, LLMError, Provider, Stopwatch, Usage
@@ -216,7 +217,7 @@ class ChatService:
         settings = ThreadSettings.from_values(cl.context.session.chat_settings or {}, self.config, state.prompts)
         thread_id = cl.context.session.thread_id
         self.saving.watch(thread_id)
-        answer = await self.turn(state, settings, message.content, await self._message_attachments(message),
+        answer = await self.turn(state, settings, message.content, await message_attachments(message),
                                  message_id=message.id)
         self.saving.watch(thread_id)
         return answer
@@ -242,7 +243,9 @@ class ChatService:
                                   on_text=on_text, system_prompt=system_prompt, passages=prepared.passages,
                                   pages=prepared.pages)
         if knowledge is not None and prepared.passages:
-            await knowledge.cite(answer, prepared.passages, _included_passages(answer.generation))
+            footer = await knowledge.cite(answer, prepared.passages, included_passages(answer.generation))
+            if footer and on_text is not None:  # the API's stream ends with the sources too
+                await on_text(answer.id, footer)
         return answer
 
     def _user_identifier(self) -> str:
@@ -311,7 +314,8 @@ class ChatService:
             return ChatState(prompts)
         steps = thread.get("steps") or []
         user_messages = {step.get("id") for step in steps if step.get("type") == "user_message" and step.get("id")}
-        attachments = await self._stored_attachments(thread.get("elements") or [], user_messages)
+        attachments = await stored_attachments(thread.get("elements") or [], user_messages, self.storage, self.knowledge,
+                                                self.config.max_file_chars)
         return ChatState(prompts, turns_from_steps(thread.get("steps") or [], attachments), titled=True,
                          summary=Summary.from_metadata(thread.get("metadata")))
 
@@ -470,60 +474,3 @@ class ChatService:
         """Wait for pending title and summary tasks (tests and shutdown)."""
         if self._background:
             await asyncio.gather(*list(self._background))
-
-    # ---- attachments -------------------------------------------------------------------
-    async def _message_attachments(self, message: cl.Message) -> list[Attachment]:
-        from knowledge.service import Attachment
-
-        files = []
-        for element in message.elements or []:
-            data: bytes | None = None
-            path = getattr(element, "path", None)
-            content = getattr(element, "content", None)
-            if isinstance(content, (bytes, bytearray)):
-                data = bytes(content)
-            elif isinstance(content, str):
-                data = content.encode("utf-8")
-            elif path:
-                data = await read_path(path)
-            files.append(Attachment(element.id, element.name, element.mime, data))
-        return files
-
-    async def _stored_attachments(self, elements: list[Mapping[str, Any]], user_messages: set[str]) -> dict[str, list[str]]:
-        """Text blocks of the files users sent in a stored thread, per message id, read from
-        the storage (an answer's sources and the pages a step read are not the user's files)."""
-        by_step: dict[str, list[str]] = {}
-        knowledge = self.knowledge
-        for element in elements:
-            for_id = element.get("forId")
-            if not for_id or for_id not in user_messages:
-                continue
-            name = element.get("name") or "file"
-            mime = element.get("mime")
-            key = element.get("objectKey")
-            wanted = is_text_like(name, mime) or (knowledge is not None and knowledge.is_document(name, mime))
-
-            async def read(key: str | None = key, wanted: bool = wanted) -> bytes | None:
-                if not key or self.storage is None or not wanted:
-                    return None
-                return await self.storage.read_file(key)
-
-            try:
-                if knowledge is not None:
-                    block = await knowledge.stored_block(element.get("id") or "", name, mime, read)
-                else:
-                    block = describe_attachment(name, mime, await read(), self.config.max_file_chars)
-            except (FileNotFoundError, PermissionError, OSError) as exc:
-                logger.warning("attachment %s of message %s could not be read: %s", name, for_id, exc)
-                block = f"[Attached file: {name}; it could not be read back.]"
-            by_step.setdefault(for_id, []).append(block)
-        return by_step
-
-
-def _included_passages(generation: Mapping[str, Any] | None) -> list[str] | None:
-    """The labels of the passages the context builder gave the model (None: unknown, all)."""
-    context = ((generation or {}).get("metadata") or {}).get("context")
-    passages = context.get("passages") if isinstance(context, dict) else None
-    included = passages.get("included") if isinstance(passages, dict) else None
-    return [label for label in included if isinstance(label, str)] if isinstance(included, list) else None
-

@@ -9,6 +9,7 @@ KNOWLEDGE_SCHEMES: dict[str, tuple[str, str]] = {
     "sqlite": ("knowledge.index_sqlite:SQLiteKnowledgeIndex", "knowledge"),
     "postgresql": ("knowledge.index_postgres:PostgresKnowledgeIndex", "postgres"),
     "postgres": ("knowledge.index_postgres:PostgresKnowledgeIndex", "postgres"),
+    "postgresql+asyncpg": ("knowledge.index_postgres:PostgresKnowledgeIndex", "postgres"),
     "qdrant": ("knowledge.index_qdrant:QdrantKnowledgeIndex", "qdrant"),
     "qdrants": ("knowledge.index_qdrant:QdrantKnowledgeIndex", "qdrant"),
     "qdrant+local": ("knowledge.index_qdrant:QdrantKnowledgeIndex", "qdrant"),

@@ -233,12 +233,13 @@ class KnowledgeService:
             return f"[Attached file: {name}; it could not be read: {exc}]"
         return _whole(name, _document_text(document), self.max_file_chars)
 
-    async def cite(self, answer: cl.Message, passages: Sequence[Passage], included: Sequence[str] | None) -> None:
+    async def cite(self, answer: cl.Message, passages: Sequence[Passage], included: Sequence[str] | None) -> str:
         """Show the passages the model was given as the answer's sources: a line naming each
-        and an element with its text (Chainlit links an element whose name is in the text)."""
+        and an element with its text (Chainlit links an element whose name is in the text).
+        Returns the text added to the answer ("" when none)."""
         given = [p for p in passages if included is None or p.label in included]
         if not given or getattr(answer, "is_error", False):
-            return
+            return ""
         elements: list[cl.Element] = []
         lines = []
         for number, passage in enumerate(given, start=1):
@@ -246,9 +247,11 @@ class KnowledgeService:
             where = f"{passage.source}, {passage.location}" if passage.location else passage.source
             lines.append(f"{name}: {where}")
             elements.append(cl.Text(name=name, content=f"{where}\n\n{passage.text}", display="side"))
-        answer.content = f"{answer.content}\n\n**Sources** — " + "; ".join(lines)
+        footer = "\n\n**Sources** — " + "; ".join(lines)
+        answer.content = f"{answer.content}{footer}"
         answer.elements = [*(answer.elements or []), *elements]
         await answer.update()
+        return footer
 
     # ---- documents -----------------------------------------------------------------------
     async def _attachment(self, attachment: Attachment, user: str, thread_id: str, message_id: str,

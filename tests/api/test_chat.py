@@ -145,3 +145,26 @@ async def test_disconnect_mid_stream_keeps_the_partial_answer_marked_stopped(api
             await asyncio.sleep(0.2)
         assert [m["role"] for m in messages] == ["user", "assistant"]
         assert messages[1]["text"] == partial and messages[1]["status"] == "cancelled"
+
+
+async def test_an_uploaded_long_document_is_cited_in_the_stream_and_the_stored_answer(api_app, llm):
+    fact = "The Halvorsen archive keeps the 1931 charter in cabinet 77."
+    body = "\n\n".join(f"# Part {n}\n\n" + "Inventory of shelves, boxes and folders for the reading room. " * 40
+                       + (fact if n == 8 else "") for n in range(12))
+    async with api_app.client("alice") as http:
+        created = await http.post("/conversations", json={"name": "Archive"})
+        cid = created.json()["id"]
+        upload = await http.post(f"/conversations/{cid}/files", files={"file": ("archive.md", body.encode(), "text/markdown")})
+        assert upload.status_code == 201, upload.text
+        seen = await stream_chat(http, query="Which cabinet holds the 1931 charter?", conversation_id=cid,
+                                 file_ids=[upload.json()["id"]])
+        streamed = "".join(data["text"] for kind, data in seen if kind == "delta")
+        assert "Sources" in streamed and "archive.md, section Part 8" in streamed
+        sent = llm.chat_requests(stream=True)[-1]["messages"]
+        assert any(fact in m["content"] for m in sent if m["role"] == "system")
+        messages = (await http.get(f"/conversations/{cid}/messages")).json()["data"]
+        assert "archive.md, section Part 8" in messages[-1]["text"]
+    async with api_app.client("bob") as http:  # nothing of alice's document reaches bob's model
+        await stream_chat(http, query="Which cabinet holds the 1931 charter? Halvorsen archive cabinet 77")
+        sent = llm.chat_requests(stream=True)[-1]["messages"]
+        assert not any(fact in m["content"] for m in sent)
