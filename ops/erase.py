@@ -123,8 +123,8 @@ async def erase_user(layer: Any, name: str, *, user_store: Any = None, knowledge
             await layer.delete_thread(ref.id)
         receipt.removed.add_thread(thread)
         if knowledge is not None:
-            receipt.removed.chunks += (await knowledge.count(thread_id=ref.id) if dry_run
-                                       else await knowledge.delete(thread_id=ref.id))
+            chunks = await knowledge.count(thread_id=ref.id) if dry_run else await knowledge.delete(thread_id=ref.id)
+            receipt.removed.chunks += chunks
     # 4. what no thread listed: blobs under the user's prefix, chunks under the user
     storage = getattr(layer, "storage", None)
     if storage is not None:

@@ -175,7 +175,8 @@ async def _purge_one(layer: Any, ref: ThreadRef, cutoff: str, report: PurgeRepor
     if dry_run:
         report.removed.add_thread(thread)
         if knowledge is not None:
-            report.removed.chunks += await knowledge.count(thread_id=ref.id)
+            chunks = await knowledge.count(thread_id=ref.id)
+            report.removed.chunks += chunks  # after the await: `x += await` would read x before it
         return
     fresh = await thread_ref(layer, ref.id)
     if fresh is None:
@@ -189,7 +190,8 @@ async def _purge_one(layer: Any, ref: ThreadRef, cutoff: str, report: PurgeRepor
     await layer.delete_thread(ref.id)
     report.removed.add_thread(thread)
     if knowledge is not None:
-        report.removed.chunks += await knowledge.delete(thread_id=ref.id)
+        chunks = await knowledge.delete(thread_id=ref.id)
+        report.removed.chunks += chunks
 
 
 def summary_line(report: PurgeReport) -> str:
