@@ -11,6 +11,7 @@ under `doctor/` and deleted again; the schema is never migrated (that is `migrat
                app's download route accepts (checked offline: the route is the app's)
     model      a one-token completion from the configured OpenAI-compatible endpoint
                (offline provider: no model to ask)
+    knowledge  the knowledge index answers (KNOWLEDGE_URL off: nothing to check)
     journal    the app's write journal, read-only: writes still waiting or refused
 """
 
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -231,6 +233,31 @@ async def check_model(timeout: float) -> Check:
     return Check("model", OK, f"{where} answers with model {config.model}")
 
 
+# ---------------------------------------------------------------------- knowledge
+async def check_knowledge(settings: Any, timeout: float) -> Check:
+    try:
+        index = settings.build_knowledge_index()
+    except Exception as exc:
+        return Check("knowledge", FAILED, _error(exc), "fix KNOWLEDGE_URL (or install the extra named), or set it to off")
+    if index is None:
+        return Check("knowledge", OK, "off (KNOWLEDGE_URL=off): documents are given to the model whole")
+    path = getattr(index, "path", None)
+    if isinstance(path, str) and path != ":memory:" and not Path(path).exists():
+        return Check("knowledge", OK, f"{path}: none yet (created on the app's first start)")
+    try:
+        await _bounded(index.start(None), timeout, "the knowledge index")
+        chunks = await _bounded(index.count(), timeout, "the knowledge index")
+    except Exception as exc:
+        return Check("knowledge", FAILED, f"{type(index).__name__}: {_error(exc)}",
+                     "start the index's server or fix KNOWLEDGE_URL; the chat goes on without retrieval meanwhile")
+    finally:
+        try:
+            await index.close()
+        except Exception:  # an index that never opened: the check already says why
+            pass
+    return Check("knowledge", OK, f"{type(index).__name__} answers, {chunks} chunk(s)")
+
+
 # ---------------------------------------------------------------------- journal
 def check_journal(settings: Any) -> Check:
     from .journal_view import read_journal
@@ -269,6 +296,7 @@ async def run_checks(timeout: float = DEFAULT_TIMEOUT, *,
     checks.append(await check_database(settings, timeout))
     checks.extend(await check_storage(settings, timeout))
     checks.append(await check_model(timeout))
+    checks.append(await check_knowledge(settings, timeout))
     checks.append(check_journal(settings))
     return checks
 

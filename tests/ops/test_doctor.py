@@ -57,7 +57,8 @@ async def test_healthy_configuration(env, capsys, model_server, tmp_path):
     await migrated(env["DATABASE_URL"])
     code, checks, report = await doctor(capsys)
     assert code == 0 and report["ok"] is True, checks
-    assert [c["status"] for c in checks.values()] == ["ok"] * 6
+    assert [c["status"] for c in checks.values()] == ["ok"] * 7
+    assert "off" in checks["knowledge"]["detail"]
     assert "schema at revision" in checks["database"]["detail"] and "(head)" in checks["database"]["detail"]
     assert "write, read and delete work" in checks["storage"]["detail"]
     assert "signed" in checks["signing"]["detail"]
@@ -164,3 +165,23 @@ async def test_missing_sqlite_file_is_not_created(env, capsys, tmp_path):
     code, checks, _ = await doctor(capsys)
     assert code == 1 and "no database file" in checks["database"]["detail"]
     assert not (tmp_path / "app.db").exists()
+
+
+async def test_knowledge_index_answers(env, capsys, monkeypatch, tmp_path):
+    from knowledge.index import Chunk
+
+    await migrated(env["DATABASE_URL"])
+    url = f"sqlite:///{tmp_path / 'knowledge.sqlite3'}"
+    monkeypatch.setenv("KNOWLEDGE_URL", url)
+    code, checks, _ = await doctor(capsys)
+    assert code == 0 and "none yet" in checks["knowledge"]["detail"]
+    assert not (tmp_path / "knowledge.sqlite3").exists()
+
+    from settings import load_settings
+
+    index = load_settings(export_secret=False).build_knowledge_index()
+    await index.start(None)
+    await index.add([Chunk(id="d:0", user_id="u", thread_id="t", document_id="d", ordinal=0, text="x", source="f")])
+    await index.close()
+    code, checks, _ = await doctor(capsys)
+    assert code == 0 and "answers, 1 chunk(s)" in checks["knowledge"]["detail"]
