@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,22 +83,6 @@ def _load_env(env_file: Path | None) -> None:
     load_dotenv(env_file, override=False)
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Long exports and imports allocate in several threads (database drivers' and file
-    I/O workers); glibc gives each thread its own arena and keeps the freed memory there,
-    so without a limit the resident size grows with the number of threads copied although
-    the live data stays constant (measured: 201 MB for 2,000 threads, 418 MB for 10,000;
-    141 MB for 2,000 with two arenas). What MALLOC_ARENA_MAX=2 does, set from here."""
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to limit
-        pass
-
-
 def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -123,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _configure_logging(args.verbose)
-    _limit_malloc_arenas()
     from chat.private_files import private_by_default
 
     private_by_default()  # archives, users files and SQLite files hold users' data: 600 / 700
