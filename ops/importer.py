@@ -32,7 +32,7 @@ from datalayers.writes import StepWrite, ThreadWrite
 from storage.base import ObjectNotFound
 
 from .exporter import BLOB_SHA, BLOB_SIZE, ordered_map
-from .records import Bundle, comparable, keyed, sha256_hex, thread_record
+from .records import Bundle, bundle_from_thread, comparable, keyed, sha256_hex, thread_record
 
 logger = logging.getLogger("chainlit").getChild("ops.import")
 
@@ -107,8 +107,6 @@ class Importer:
     async def import_bundle(self, bundle: Bundle) -> bool:
         """Bring one thread up to the record; True if anything was (or would be) written."""
         stored = await self.layer.get_thread(bundle.id)
-        from .records import bundle_from_thread
-
         current = bundle_from_thread(dict(stored), None) if stored is not None else Bundle(thread={})
         thread = bundle.thread
         thread_differs = stored is None or comparable("threads", thread_record(dict(stored), None)) != \
