@@ -205,7 +205,7 @@ class PostgresKnowledgeIndex(KnowledgeIndex):
             search = "HNSW" if self._hnsw else "exact scan"
             vectors = f"pgvector {self._pgvector} cosine, {search} ({self.dimensions} dimensions)"
         note = self._note or ("" if self.dimensions is not None else "no embedding model configured")
-        return IndexStatus(backend="postgresql", lexical=f"PostgreSQL ts_rank_cd ({self.language})", vectors=vectors,
+        return IndexStatus(backend="postgresql", lexical=f"PostgreSQL ts_rank_cd weighted by IDF ({self.language})", vectors=vectors,
                            note=note, extra={"schema": self.schema, "pgvector": self._pgvector})
 
     # ---- writes -----------------------------------------------------------------------------
@@ -253,15 +253,31 @@ class PostgresKnowledgeIndex(KnowledgeIndex):
         return where, [*params, list(dict.fromkeys(scope.kinds))]
 
     async def _lexical(self, scope: Scope, terms: list[str], limit: int) -> list[Chunk]:
-        # Each term is a run of word characters (query_terms): quoted, it is one lexeme, never
-        # tsquery syntax (& | ! <-> :* parentheses). Stop words of the language drop out.
-        query = " | ".join(f"'{term}'" for term in terms)
+        # ts_rank_cd knows nothing of how rare a word is, so a question's common words outweighed
+        # its rare name or code (recall@5 0.26 on the retrieval benchmark, against 0.59 for
+        # SQLite's BM25). As BM25 does, each term is weighted by its inverse document frequency
+        # in the scope (one GIN count per term), and a chunk scores the sum of weight ×
+        # ts_rank_cd over the terms it holds. Each term is a run of word characters
+        # (query_terms): quoted, it is one lexeme, never tsquery syntax; stop words drop out.
         where, params = self._scope(scope, start=3)
+        columns = ", ".join(f"k.{column}" for column in _COLUMNS)
+        table = self._table
+        sql = f"""
+            WITH terms AS (
+                SELECT DISTINCT to_tsquery('{self.language}'::regconfig, quote_literal(t)) AS q
+                FROM unnest($1::text[]) AS t),
+            total AS (SELECT count(*)::float8 AS n FROM {table} WHERE {where}),
+            weighted AS (
+                SELECT terms.q, ln((total.n + 1) / (1 + (SELECT count(*) FROM {table} WHERE tsv @@ terms.q AND {where})))
+                    AS idf
+                FROM terms, total WHERE numnode(terms.q) > 0),
+            scored AS (
+                SELECT c.user_id AS uid, c.id AS cid, sum(w.idf * ts_rank_cd(c.tsv, w.q, 1)) AS score
+                FROM {table} c JOIN weighted w ON c.tsv @@ w.q WHERE {where} GROUP BY c.user_id, c.id)
+            SELECT {columns} FROM scored s JOIN {table} k ON k.user_id = s.uid AND k.id = s.cid
+            ORDER BY s.score DESC, k.id LIMIT $2"""
         async with self._connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT {', '.join(_COLUMNS)} FROM {self._table}, to_tsquery('{self.language}'::regconfig, $1) q "
-                f"WHERE tsv @@ q AND {where} ORDER BY ts_rank_cd(tsv, q, 1) DESC, id LIMIT $2",
-                query, limit, *params)
+            rows = await conn.fetch(sql, terms, limit, *params)
         return [_chunk(row) for row in rows]
 
     async def _vector(self, scope: Scope, vector: list[float], limit: int) -> list[Chunk]:

@@ -290,7 +290,7 @@ async def test_postgres_rebuilds_the_word_index_when_the_language_changes(knowle
     try:
         assert any("language changed" in r.getMessage() for r in caplog.records)
         assert [h.chunk.text for h in await english.search(Scope("u"), "run dog")] == ["the dogs were running"]
-        assert english.status().lexical == "PostgreSQL ts_rank_cd (english)"
+        assert english.status().lexical == "PostgreSQL ts_rank_cd weighted by IDF (english)"
     finally:
         await english.close()
 
