@@ -262,22 +262,28 @@ class PostgresKnowledgeIndex(KnowledgeIndex):
         where, params = self._scope(scope, start=3)
         columns = ", ".join(f"k.{column}" for column in _COLUMNS)
         table = self._table
+        any_term = " | ".join(f"'{term}'" for term in terms)
+        # One GIN scan finds every chunk holding any term; each term's document frequency is
+        # then counted among those matches (exact: a chunk with the term is one of them).
         sql = f"""
-            WITH terms AS (
+            WITH matches AS MATERIALIZED (
+                SELECT user_id, id, tsv FROM {table}
+                WHERE tsv @@ to_tsquery('{self.language}'::regconfig, $1) AND {where}),
+            terms AS (
                 SELECT DISTINCT to_tsquery('{self.language}'::regconfig, quote_literal(t)) AS q
-                FROM unnest($1::text[]) AS t),
+                FROM unnest(${3 + len(params)}::text[]) AS t),
             total AS (SELECT count(*)::float8 AS n FROM {table} WHERE {where}),
             weighted AS (
-                SELECT terms.q, ln((total.n + 1) / (1 + (SELECT count(*) FROM {table} WHERE tsv @@ terms.q AND {where})))
-                    AS idf
-                FROM terms, total WHERE numnode(terms.q) > 0),
+                SELECT terms.q, ln((total.n + 1) / (1 + count(m.id))) AS idf
+                FROM terms CROSS JOIN total LEFT JOIN matches m ON m.tsv @@ terms.q
+                WHERE numnode(terms.q) > 0 GROUP BY terms.q, total.n),
             scored AS (
-                SELECT c.user_id AS uid, c.id AS cid, sum(w.idf * ts_rank_cd(c.tsv, w.q, 1)) AS score
-                FROM {table} c JOIN weighted w ON c.tsv @@ w.q WHERE {where} GROUP BY c.user_id, c.id)
+                SELECT m.user_id AS uid, m.id AS cid, sum(w.idf * ts_rank_cd(m.tsv, w.q, 1)) AS score
+                FROM matches m JOIN weighted w ON m.tsv @@ w.q GROUP BY m.user_id, m.id)
             SELECT {columns} FROM scored s JOIN {table} k ON k.user_id = s.uid AND k.id = s.cid
             ORDER BY s.score DESC, k.id LIMIT $2"""
         async with self._connection() as conn:
-            rows = await conn.fetch(sql, terms, limit, *params)
+            rows = await conn.fetch(sql, any_term, limit, *params, terms)
         return [_chunk(row) for row in rows]
 
     async def _vector(self, scope: Scope, vector: list[float], limit: int) -> list[Chunk]:
