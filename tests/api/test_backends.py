@@ -22,7 +22,7 @@ async def conversation_round_trip(app: ApiApp, *, model_sees_history: bool = Tru
             body = "".join([line async for line in response.aiter_lines()])
         assert "event: done" in body, body
         if model_sees_history:
-            sent = app.llm.chat_requests()[-1]["messages"]
+            sent = app.llm.chat_requests(stream=True)[-1]["messages"]  # not the title, made meanwhile
             assert [m["content"] for m in sent[1:]] == ["the colour is teal", first.json()["text"], "which colour?"]
         messages = (await http.get(f"/conversations/{cid}/messages")).json()["data"]
         assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
