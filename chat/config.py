@@ -19,27 +19,31 @@ class ChatConfigError(ValueError):
     """An LLM setting in the environment is invalid."""
 
 
-def _number(env: Mapping[str, str], name: str, default, cast, what: str, low=None, high=None):
-    """`env[name]` as a number within [low, high] (either bound optional), else `default`."""
+def _number(env: Mapping[str, str], name: str, default, cast, what: str, low=None, high=None,
+            error: type[ValueError] = ChatConfigError):
+    """`env[name]` as a number within [low, high] (either bound optional), else `default`;
+    a bad value raises `error` naming the variable."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
         value = cast(raw)
     except ValueError:
-        raise ChatConfigError(f"{name} must be {what}, got {raw!r}") from None
+        raise error(f"{name} must be {what}, got {raw!r}") from None
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ChatConfigError(f"{name} must be {bounds}, got {raw!r}")
+        raise error(f"{name} must be {bounds}, got {raw!r}")
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int | None = None) -> int:
-    return _number(env, name, default, int, "an integer", low)
+def _int(env: Mapping[str, str], name: str, default: int, low: int | None = None,
+         error: type[ValueError] = ChatConfigError) -> int:
+    return _number(env, name, default, int, "an integer", low, error=error)
 
 
-def _float(env: Mapping[str, str], name: str, default: float, low=None, high=None) -> float:
-    return _number(env, name, default, float, "a number", low, high)
+def _float(env: Mapping[str, str], name: str, default: float, low=None, high=None,
+           error: type[ValueError] = ChatConfigError) -> float:
+    return _number(env, name, default, float, "a number", low, high, error=error)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from chat import config as chat_config
+
 logger = logging.getLogger("chainlit").getChild("Embeddings")
 
 MODES = ("auto", "openai", "local", "none")
@@ -59,6 +61,10 @@ class EmbeddingError(RuntimeError):
         super().__init__(message)
         self.kind: ErrorKind = kind
         self.status = status
+
+
+#: The shortest timeout a setting may give (seconds).
+MIN_SECONDS = 0.001
 
 
 class EmbeddingConfigError(ValueError):
@@ -387,29 +393,11 @@ class EmbeddingConfig:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise EmbeddingConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < low:
-        raise EmbeddingConfigError(f"{name} must be at least {low}, got {raw!r}")
-    return value
+    return chat_config._int(env, name, default, low, error=EmbeddingConfigError)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise EmbeddingConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
-        raise EmbeddingConfigError(f"{name} must be positive, got {raw!r}")
-    return value
+    return chat_config._float(env, name, default, MIN_SECONDS, error=EmbeddingConfigError)
 
 
 def load_embedding_config(env: Mapping[str, str] | None = None) -> EmbeddingConfig:

@@ -251,7 +251,7 @@ async def test_explicit_openai_needs_an_endpoint():
         ({"KNOWLEDGE_EMBEDDINGS": "bert"}, "KNOWLEDGE_EMBEDDINGS must be one of auto, openai, local, none"),
         ({"KNOWLEDGE_EMBEDDING_BATCH": "0"}, "KNOWLEDGE_EMBEDDING_BATCH must be at least 1"),
         ({"KNOWLEDGE_EMBEDDING_BATCH": "many"}, "KNOWLEDGE_EMBEDDING_BATCH must be an integer"),
-        ({"KNOWLEDGE_EMBEDDING_TIMEOUT_SECONDS": "-1"}, "must be positive"),
+        ({"KNOWLEDGE_EMBEDDING_TIMEOUT_SECONDS": "-1"}, "must be at least 0.001"),
     ],
 )
 def test_invalid_settings_are_named(env, message):

@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import json
 import os
 import subprocess
 import sys
@@ -122,17 +119,11 @@ def backends(request, tmp_path, ops_env) -> Backends:
 
 @pytest.fixture
 def cli(capsys, ops_env):
-    async def run(*argv: str) -> tuple[int, Any, str]:
-        from ops.cli import main
+    """`await cli(*argv)`: `chainlit-persist ARGV` in-process (see helpers_b.run_cli)."""
+    from tests.ops.helpers_b import run_cli
 
-        capsys.readouterr()
-        code = await asyncio.to_thread(contextvars.Context().run, main, list(argv))
-        captured = capsys.readouterr()
-        try:
-            document = json.loads(captured.out)
-        except ValueError:
-            document = captured.out
-        return code, document, captured.err
+    async def run(*argv: str) -> tuple[int, Any, str]:
+        return await run_cli(list(argv), capsys)
 
     return run
 
