@@ -68,8 +68,13 @@ class TurnPlan:
                              type="user_message", created_at=utc_now())  # as Chainlit stamps a browser's message
         await data_layer.create_step(message.to_dict())  # awaited: journaled before the answer's steps
         files = await self._attach(message.id)
-        return await self.parts.service.turn(self.state, self.settings, self.query, files, message_id=message.id,
-                                             on_text=on_text, system_prompt=self.system_prompt)
+        answer = await self.parts.service.turn(self.state, self.settings, self.query, files, message_id=message.id,
+                                               on_text=on_text, system_prompt=self.system_prompt)
+        # Chainlit stores a sent message from a task of its own, which may not have run yet: the
+        # caller may read the conversation as soon as it has the answer, so journal it now (the
+        # journal merges the two writes of the same step).
+        await data_layer.update_step(answer.to_dict())
+        return answer
 
     async def _attach(self, message_id: str) -> list[Attachment]:
         files = []
