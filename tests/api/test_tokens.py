@@ -4,6 +4,7 @@ limited per token."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -46,8 +47,13 @@ async def test_revoked_token_and_removed_user_stop_at_once(api_app, llm):
         assert (await http.get("/conversations")).status_code == 401
     async with api_app.client(None, token=keep) as http:
         assert (await http.get("/conversations")).status_code == 200
-        # The user's own last-used time is shown, never the secret.
-        listed = (await http.get("/tokens")).json()["data"]
+        # The user's own last-used time is shown, never the secret. It is recorded in the
+        # background after the request it describes: wait for it (bounded).
+        for _ in range(100):
+            listed = (await http.get("/tokens")).json()["data"]
+            if listed and listed[0]["last_used_at"]:
+                break
+            await asyncio.sleep(0.1)
         assert [t["name"] for t in listed] == ["keep"] and listed[0]["last_used_at"]
         assert "token" not in listed[0]
     removed = cli(api_app, "remove", "dave")
