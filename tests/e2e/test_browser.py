@@ -120,6 +120,17 @@ def user_messages(page):
     return page.locator('[data-step-type="user_message"]')
 
 
+async def log_in(page, app, user: str = "admin", password: str | None = None) -> None:
+    """Log in through the login page and wait for the chat."""
+    from playwright.async_api import expect
+
+    await page.goto(f"{app.url}/login")
+    await page.locator("#email").fill(user)
+    await page.locator("#password").fill(password or app.admin_password())
+    await page.locator('button[type="submit"]').click()
+    await expect(page.locator("#chat-input")).to_be_visible()
+
+
 async def send(page, text: str) -> None:
     box = page.locator("#chat-input")
     await box.click()

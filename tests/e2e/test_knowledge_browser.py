@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.app_runner import RunningApp
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, browser_ready, send, wait_for_text  # noqa: F401
+from tests.e2e.test_browser import (  # noqa: F401  (fixtures)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_MS,
+    browser_ready,
+    log_in,
+    send,
+    wait_for_text,
+)
 from tests.servers.openai_compat import OpenAICompatServer, default_responder
 
 PAGES = 80
@@ -66,11 +74,7 @@ async def test_a_long_pdf_is_indexed_and_the_answer_cites_it(knowledge_app, tmp_
         page = await (await browser.new_context(viewport={"width": 1280, "height": 1000})).new_page()
         page.set_default_timeout(TIMEOUT_MS)
         try:
-            await page.goto(f"{app.url}/login")
-            await page.locator("#email").fill("admin")
-            await page.locator("#password").fill(app.admin_password())
-            await page.locator('button[type="submit"]').click()
-            await expect(page.locator("#chat-input")).to_be_visible()
+            await log_in(page, app)
 
             await page.locator("#upload-button-input").set_input_files(str(document))
             await expect(page.locator("#attachments")).to_contain_text("harbour-log.pdf")

@@ -22,6 +22,7 @@ from tests.e2e.test_browser import (  # noqa: F401  (fixtures)
     assistant_messages,
     browser_ready,
     llm,
+    log_in,
     send,
     title_or_echo,
     user_messages,
@@ -87,11 +88,7 @@ async def test_the_notice_appears_during_an_outage_and_clears_when_saved(sqlite_
         page = await (await browser.new_context(viewport={"width": 1280, "height": 900})).new_page()
         page.set_default_timeout(TIMEOUT_MS)
         try:
-            await page.goto(f"{app.url}/login")
-            await page.locator("#email").fill("admin")
-            await page.locator("#password").fill(app.admin_password())
-            await page.locator('button[type="submit"]').click()
-            await expect(page.locator("#chat-input")).to_be_visible()
+            await log_in(page, app)
 
             llm.script(Reply("First answer, saved at once."))
             await send(page, "First question")
