@@ -32,6 +32,10 @@ _COLUMNS = ("user_id", "id", "thread_id", "document_id", "step_id", "ordinal", "
 HNSW_MAX_DIMENSIONS = 2000
 #: Rows per executemany call when adding chunks.
 INSERT_BATCH = 200
+#: A statement running longer than this is cancelled by the server (a search is interactive:
+#: a runaway plan must fail and be reported, not hold a connection and a core for good).
+#: Schema changes at start may take longer on a big table and lift it for their transaction.
+STATEMENT_TIMEOUT_MS = 60_000
 #: From this pgvector version on, a filtered HNSW scan can go on past its first candidates.
 ITERATIVE_SCAN_VERSION = (0, 8, 0)
 
@@ -109,11 +113,13 @@ class PostgresKnowledgeIndex(KnowledgeIndex):
 
         if self._pool is None:
             try:
-                self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=4)
+                self._pool = await asyncpg.create_pool(
+                    self._dsn, min_size=1, max_size=4, server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS)})
             except (asyncpg.PostgresError, OSError) as exc:
                 raise KnowledgeError(f"cannot reach the PostgreSQL knowledge index: {type(exc).__name__}: {exc}") from exc
         async with self._connection(transaction=True) as conn:
             # One process at a time creates or alters the tables (several app workers may start).
+            await conn.execute("SET LOCAL statement_timeout = 0")
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('chainlit knowledge index'))")
             if not await conn.fetchval("SELECT 1 FROM pg_ts_config WHERE cfgname = $1", self.language):
                 raise ValueError(f"PostgreSQL has no text-search configuration {self.language!r} (see \\dF)")
@@ -265,15 +271,18 @@ class PostgresKnowledgeIndex(KnowledgeIndex):
         any_term = " | ".join(f"'{term}'" for term in terms)
         # One GIN scan finds every chunk holding any term; each term's document frequency is
         # then counted among those matches (exact: a chunk with the term is one of them).
+        # Every step is MATERIALIZED: on a table the planner has no statistics for yet (just
+        # filled), it estimated one match and re-ran the weighting once per matching chunk
+        # inside a nested loop, quadratic in the matches (minutes at 3,000 chunks).
         sql = f"""
             WITH matches AS MATERIALIZED (
                 SELECT user_id, id, tsv FROM {table}
                 WHERE tsv @@ to_tsquery('{self.language}'::regconfig, $1) AND {where}),
-            terms AS (
+            terms AS MATERIALIZED (
                 SELECT DISTINCT to_tsquery('{self.language}'::regconfig, quote_literal(t)) AS q
                 FROM unnest(${3 + len(params)}::text[]) AS t),
-            total AS (SELECT count(*)::float8 AS n FROM {table} WHERE {where}),
-            weighted AS (
+            total AS MATERIALIZED (SELECT count(*)::float8 AS n FROM {table} WHERE {where}),
+            weighted AS MATERIALIZED (
                 SELECT terms.q, ln((total.n + 1) / (1 + count(m.id))) AS idf
                 FROM terms CROSS JOIN total LEFT JOIN matches m ON m.tsv @@ terms.q
                 WHERE numnode(terms.q) > 0 GROUP BY terms.q, total.n),
