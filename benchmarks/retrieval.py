@@ -75,7 +75,7 @@ class Prepared:
 
 
 async def prepare(corpus: Corpus, embedder, target_tokens: int, overlap: int) -> Prepared:
-    from knowledge import extract as extraction
+    from knowledge import extract_pool as extraction
     from knowledge.chunking import split
 
     t0 = time.perf_counter()

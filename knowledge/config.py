@@ -35,6 +35,8 @@ class KnowledgeConfig:
     #: A document whose text fits in this many tokens goes into the prompt whole.
     whole_document_tokens: int = 2000
     extract_workers: int = 1
+    #: A document still being read after this long is refused (a crafted file can keep a parser busy for hours).
+    extract_seconds: float = 120.0
     max_pages: int = 2000
 
     @property
@@ -69,5 +71,6 @@ def load_knowledge_config(data_dir: Path, env: Mapping[str, str]) -> KnowledgeCo
         chunk_overlap_tokens=overlap,
         whole_document_tokens=_int(env, "KNOWLEDGE_WHOLE_DOCUMENT_TOKENS", 2000, low=0),
         extract_workers=_int(env, "KNOWLEDGE_EXTRACT_WORKERS", 1, low=1),
+        extract_seconds=_float(env, "KNOWLEDGE_EXTRACT_SECONDS", 120.0, low=1.0, high=3600.0),
         max_pages=_int(env, "KNOWLEDGE_MAX_PAGES", 2000, low=1),
     )

@@ -5,26 +5,18 @@ came from — `"page 3"`, `"section Results"`, `""`), the kind and the page coun
 caller may show a user about a failure is an `ExtractionError` (a `ValueError`) naming the file
 and the reason.
 
-Extraction is CPU-bound pure Python (pypdf, lxml trees, python-docx), so `extract_async` runs it
-in a process pool: a 300-page PDF then holds a worker's GIL, not the event loop's. Results are
-plain dataclasses, so they cross the process boundary by pickling.
+Extraction is CPU-bound pure Python (pypdf, lxml trees, python-docx), so the app runs it in a
+process pool (`knowledge/extract_pool.py`): a 300-page PDF then holds a worker's GIL, not the
+event loop's. Results are plain dataclasses, so they cross the process boundary by pickling.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
-import concurrent.futures
-import contextlib
 import io
 import logging
-import multiprocessing
 import re
-import sys
-import threading
 import zipfile
-from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -390,99 +382,3 @@ def _table_rows(table) -> list[str]:
         if cells:
             rows.append(" | ".join(cells))
     return rows
-
-
-# ---- off the event loop ----------------------------------------------------------------
-
-_pool: concurrent.futures.ProcessPoolExecutor | None = None
-_pool_failed = False
-_pool_worked = False
-_pool_lock = threading.RLock()
-
-
-def _get_pool(max_workers: int) -> concurrent.futures.ProcessPoolExecutor | None:
-    global _pool, _pool_failed
-    with _pool_lock:
-        if _pool is None and not _pool_failed:
-            try:
-                # spawn: a fork of a process running an event loop and threads is unsafe.
-                _pool = concurrent.futures.ProcessPoolExecutor(max_workers=max_workers, mp_context=multiprocessing.get_context("spawn"))
-            except (OSError, NotImplementedError, ValueError) as exc:
-                logger.warning("Document extraction runs in threads: no process pool (%s)", exc)
-                _pool_failed = True
-        return _pool
-
-
-async def extract_async(
-    data: bytes,
-    name: str,
-    mime: str | None = None,
-    *,
-    max_pages: int = DEFAULT_MAX_PAGES,
-    max_unzipped_bytes: int = DEFAULT_MAX_UNZIPPED_BYTES,
-    max_workers: int = 1,
-) -> Document:
-    """`extract` in a worker process (created on first use with `max_workers`; `close()` ends it)."""
-    global _pool, _pool_failed, _pool_worked
-    pool = _get_pool(max_workers)
-    if pool is not None:
-        try:
-            # submit() starts the worker processes when needed (fork+exec, tens of ms, more
-            # on a loaded machine): it runs in a thread so the event loop never waits for it.
-            future = await asyncio.to_thread(_submit, pool, data, name, mime, max_pages, max_unzipped_bytes)
-            document = await asyncio.wrap_future(future)
-        except BrokenProcessPool as exc:
-            with _pool_lock:
-                if _pool is pool:
-                    _pool = None
-            pool.shutdown(wait=False, cancel_futures=True)
-            if _pool_worked:
-                # A worker that worked before died on this document (killed for memory,
-                # say): refuse the document rather than retry it inside the app's process.
-                raise ExtractionError(f"{name}: the extraction process stopped ({exc})") from exc
-            logger.warning("Document extraction runs in threads: the process pool cannot start (%s)", exc)
-            _pool_failed = True
-        except RuntimeError as exc:
-            if "shutdown" not in str(exc):
-                raise
-            # close() ran between getting the pool and submitting to it: a thread this once.
-        else:
-            _pool_worked = True
-            return document
-    return await asyncio.to_thread(_extract_kw, data, name, mime, max_pages, max_unzipped_bytes)
-
-
-def _submit(pool: concurrent.futures.ProcessPoolExecutor, *args) -> concurrent.futures.Future[Document]:
-    with _pool_lock, _main_hidden():
-        return pool.submit(_extract_kw, *args)
-
-
-@contextlib.contextmanager
-def _main_hidden() -> Iterator[None]:
-    """Hide the main script's path while workers start. A spawned worker first re-runs the
-    parent's main script (multiprocessing's "safe importing of the main module"); our workers
-    need only this module, and under `chainlit run` the main script is Chainlit's CLI, which
-    would import all of Chainlit into every worker (seconds, and about 100 MB each)."""
-    main = sys.modules.get("__main__")
-    if main is None or getattr(main, "__spec__", None) is not None or not hasattr(main, "__file__"):
-        yield  # started with -m (spawn imports by name, and skips `__main__` modules) or no file
-        return
-    path = main.__file__
-    del main.__file__
-    try:
-        yield
-    finally:
-        main.__file__ = path
-
-
-def _extract_kw(data: bytes, name: str, mime: str | None, max_pages: int, max_unzipped_bytes: int) -> Document:
-    return extract(data, name, mime, max_pages=max_pages, max_unzipped_bytes=max_unzipped_bytes)
-
-
-def close() -> None:
-    """Shut the worker pool down (the next `extract_async` starts a new one)."""
-    global _pool
-    with _pool_lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)

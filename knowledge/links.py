@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .extract import Document, ExtractionError, extract_async, kind_of
+from .extract import Document, ExtractionError, kind_of
+from .extract_pool import extract_async
 
 logger = logging.getLogger("chainlit").getChild("Knowledge")
 

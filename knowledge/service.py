@@ -149,9 +149,9 @@ class KnowledgeService:
             await self.embedder.aclose()
         if self.index is not None:
             await self.index.close()
-        from . import extract
+        from . import extract_pool
 
-        extract.close()
+        extract_pool.close()
 
     @property
     def mode(self) -> str:
@@ -228,7 +228,7 @@ class KnowledgeService:
         if data is None or not self.is_document(name, mime):
             return describe_attachment(name, mime, data, self.max_file_chars)
         try:
-            document = await extract.extract_async(data, name, mime, max_pages=self.config.max_pages)
+            document = await self._extract(data, name, mime)
         except extract.ExtractionError as exc:
             return f"[Attached file: {name}; it could not be read: {exc}]"
         return _whole(name, _document_text(document), self.max_file_chars)
@@ -262,7 +262,7 @@ class KnowledgeService:
         if data is None or not extract.is_document(name, mime):
             return describe_attachment(name, mime, data, self.max_file_chars)
         try:
-            document = await extract.extract_async(data, name, mime, max_pages=self.config.max_pages)
+            document = await self._extract(data, name, mime)
         except extract.ExtractionError as exc:
             logger.warning("document %s of thread %s could not be read: %s", name, thread_id, exc)
             await _notice(f"**{name}** could not be read: {exc}")
@@ -346,6 +346,13 @@ class KnowledgeService:
         return [Passage(label=f"[{n}]", source=h.chunk.source, location=h.chunk.location, text=h.chunk.text,
                         chunk_id=h.chunk.id) for n, h in enumerate(hits, start=1)]
 
+    async def _extract(self, data: bytes, name: str, mime: str | None) -> Any:
+        from . import extract_pool
+
+        return await extract_pool.extract_async(
+            data, name, mime, max_pages=self.config.max_pages, max_workers=self.config.extract_workers,
+            time_limit=self.config.extract_seconds)
+
     # ---- links ---------------------------------------------------------------------------
     def _reader(self) -> Any:
         if self._links is None:
@@ -354,7 +361,7 @@ class KnowledgeService:
             self._links = LinkReader(LinkPolicy(
                 allow_private=self.config.links_allow_private, allowed_hosts=self.config.links_allowed_hosts,
                 max_links=self.config.links_max, max_bytes=self.config.links_max_bytes,
-                timeout_seconds=self.config.links_timeout_seconds))
+                timeout_seconds=self.config.links_timeout_seconds), self._extract)
         return self._links
 
     async def _read_links(self, text: str, user: str, thread_id: str, message_id: str) -> list[PageText]:

@@ -11,15 +11,16 @@ import zipfile
 import pytest
 
 from knowledge import extract as extract_module
+from knowledge import extract_pool as pool_module
 from knowledge.extract import (
     DOCX_MIME,
     Document,
     ExtractionError,
     Section,
     extract,
-    extract_async,
     is_document,
 )
+from knowledge.extract_pool import extract_async
 from tests.servers.pages import ARTICLE_FACT, ARTICLE_HTML, ARTICLE_TITLE, BOILERPLATE, make_pdf
 
 
@@ -253,32 +254,74 @@ def test_results_and_errors_pickle():
 
 
 async def test_extract_async_runs_in_a_worker_process():
-    extract_module.close()
+    pool_module.close()
     try:
         data = make_pdf(30, fact_page=17, fact="Seventeen is where the fact hides.")
         doc = await extract_async(data, "long.pdf", "application/pdf")
         assert doc == extract(data, "long.pdf", "application/pdf")
-        pool = extract_module._pool
+        pool = pool_module._pool
         assert pool is not None, "the process pool did not start"
         pids = {process.pid for process in pool._processes.values()}  # type: ignore[attr-defined]
         assert pids and os.getpid() not in pids
         with pytest.raises(ExtractionError, match=r"^bad\.pdf: not a readable PDF"):
             await extract_async(b"%PDF-1.4 nope", "bad.pdf", "application/pdf")
     finally:
-        extract_module.close()
-    assert extract_module._pool is None
+        pool_module.close()
+    assert pool_module._pool is None
+
+
+async def test_a_document_read_for_too_long_is_refused_and_the_worker_goes_on():
+    """The worker's own timer interrupts the parser: a clear refusal, the same worker serves on."""
+    pool_module.close()
+    try:
+        data = make_pdf(300)
+        with pytest.raises(ExtractionError, match=r"^slow\.pdf: reading it took longer than 0\.01 s$"):
+            await extract_async(data, "slow.pdf", "application/pdf", time_limit=0.01)
+        pool = pool_module._pool
+        assert pool is not None
+        pids = {process.pid for process in pool._processes.values()}  # type: ignore[attr-defined]
+        doc = await extract_async(b"# Title\n\ntext", "a.md", "text/markdown", time_limit=30)
+        assert doc.title == "Title"
+        assert pool_module._pool is pool and {p.pid for p in pool._processes.values()} == pids  # type: ignore[attr-defined]
+    finally:
+        pool_module.close()
+
+
+async def test_a_worker_that_ignores_its_timer_is_killed(monkeypatch, caplog):
+    """Should the worker not stop (stuck in C code), the app stops waiting, kills the worker
+    and refuses the document; the next document gets a new pool. Here the app's wait is made
+    shorter than the worker's timer, as a worker that never answers its timer looks."""
+    pool_module.close()
+    monkeypatch.setattr(pool_module, "KILL_GRACE_SECONDS", -29.9)
+    try:
+        await extract_async(b"# warm\n", "warm.md", "text/markdown")  # the worker is started
+        pool = pool_module._pool
+        assert pool is not None
+        workers = list(pool._processes.values())  # type: ignore[attr-defined]
+        with pytest.raises(ExtractionError, match=r"^big\.pdf: reading it took longer than 30 s$"):
+            await extract_async(make_pdf(300), "big.pdf", "application/pdf", time_limit=30)
+        assert pool_module._pool is None
+        for worker in workers:
+            worker.join(timeout=10)
+            assert not worker.is_alive()
+        assert "did not stop at its 30 s limit: its worker was killed" in caplog.text
+        monkeypatch.setattr(pool_module, "KILL_GRACE_SECONDS", 15.0)
+        doc = await extract_async(b"# Again\n\ntext", "b.md", "text/markdown")
+        assert doc.title == "Again" and pool_module._pool not in (None, pool)
+    finally:
+        pool_module.close()
 
 
 async def test_extract_async_falls_back_to_a_thread_when_no_pool_can_start(monkeypatch):
-    extract_module.close()
+    pool_module.close()
 
     def no_processes(*args, **kwargs):
         raise OSError("no processes in this sandbox")
 
-    monkeypatch.setattr(extract_module.concurrent.futures, "ProcessPoolExecutor", no_processes)
-    monkeypatch.setattr(extract_module, "_pool_failed", False)
+    monkeypatch.setattr(pool_module.concurrent.futures, "ProcessPoolExecutor", no_processes)
+    monkeypatch.setattr(pool_module, "_pool_failed", False)
     doc = await extract_async(b"# Title\n\ntext", "a.md", "text/markdown")
-    assert doc.title == "Title" and extract_module._pool is None
+    assert doc.title == "Title" and pool_module._pool is None
 
 
 WORKER_SCRIPT = """
@@ -288,7 +331,7 @@ if __name__ == "__mp_main__":  # the worker re-ran this script
     with open(os.environ["MARK_FILE"], "a") as mark:
         mark.write("main script re-run in a worker\\n")
 if __name__ == "__main__":
-    from knowledge import extract
+    from knowledge import extract_pool as extract
 
     async def main():
         document = await extract.extract_async(b"# Title\\n\\ntext", "a.md", "text/markdown")

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from knowledge import extract as extract_module
+from knowledge import extract_pool
 from knowledge.links import (
     LinkPolicy,
     LinkReader,
@@ -37,7 +37,7 @@ from tests.servers.pages import (
 def pages():
     with PageServer() as server:
         yield server
-    extract_module.close()
+    extract_pool.close()
 
 
 @pytest.fixture(autouse=True)
