@@ -25,6 +25,7 @@ from chat.files import read_path
 from chat.history import Turn
 from chat.service import AssistantMessage, ChatState, TextSink
 from chat.thread_settings import ThreadSettings
+from datalayers.elements import failure_reason
 from knowledge.service import Attachment
 
 from . import models
@@ -64,10 +65,12 @@ class TurnPlan:
         if self.new:  # what Chainlit does at a browser thread's first message
             await data_layer.update_thread(thread_id=self.conversation_id, name=self.query, user_id=self.caller.user.id,
                                            metadata={"chat_settings": self.settings.as_values()})
+        # The files first: one that cannot be stored refuses the whole message, so a client's
+        # retry cannot leave the same message twice, once without its file.
+        files = await self._attach(self.user_message_id)
         message = cl.Message(id=self.user_message_id, content=self.query, author=self.caller.identifier,
                              type="user_message", created_at=utc_now())  # as Chainlit stamps a browser's message
         await data_layer.create_step(message.to_dict())  # awaited: journaled before the answer's steps
-        files = await self._attach(message.id)
         answer = await self.parts.service.turn(self.state, self.settings, self.query, files, message_id=message.id,
                                                on_text=on_text, system_prompt=self.system_prompt)
         # Chainlit stores a sent message from a task of its own, which may not have run yet: the
@@ -77,12 +80,23 @@ class TurnPlan:
         return answer
 
     async def _attach(self, message_id: str) -> list[Attachment]:
-        files = []
+        """Store the message's files; if one cannot be stored, undo the others and refuse the
+        call: the files stay uploaded, so the client can send the same message again. (Files
+        are uploaded to an existing conversation, so a call with files never creates one.)"""
+        data_layer = self.parts.data_layer
+        files: list[Attachment] = []
         for pending in self.files:
             element = cl.File(name=pending.name, path=str(pending.path), mime=pending.mime, display="inline")
             element.for_id = message_id
             element.thread_id = self.conversation_id
-            await self.parts.data_layer.create_element(element)  # the blob is stored before this returns
+            try:
+                await data_layer.create_element(element)  # the blob is stored before this returns
+            except Exception as exc:  # logged with its context by the data layer
+                for stored in files:
+                    await data_layer.delete_element(stored.element_id, self.conversation_id)
+                raise Problem(503, f"the file {pending.name!r} could not be stored ({failure_reason(exc)}); "
+                                   "nothing of this message was saved: send it again",
+                              headers={"Retry-After": "5"}) from exc
             files.append(Attachment(element.id, pending.name, pending.mime, await read_path(pending.path)))
         self.parts.uploads.discard(self.files)
         return files

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import uuid
 
+from tests.storage.switchable import WRITE_SWITCH
+
 PROBLEM = "application/problem+json"
+#: Its writes can be switched off from here (a store that is down).
+APP_ENV = {"STORAGE_CLASS": "tests.storage.switchable:SwitchableLocalStorage"}
 
 
 async def chat(http, query: str, **fields) -> dict:
@@ -136,6 +140,52 @@ async def test_files_reach_the_model_and_are_stored(api_app, llm):
         refused = await http.post(f"/conversations/{cid}/files", files={"file": ("x.txt", b"x", "text/plain")})
         assert refused.status_code == 404
         assert (await http.post(f"/conversations/{other}/files", files={"file": ("y.txt", b"y")})).status_code == 201
+
+
+async def test_a_file_the_store_cannot_take_refuses_the_whole_message_and_a_retry_works(api_app, llm):
+    """Nothing half-stored: not the message without its file, not the other file; the files
+    stay uploaded and the same call succeeds once the store is back. In a conversation with
+    messages and in one just created, still empty."""
+    switch = api_app.running.tmp / "files" / WRITE_SWITCH
+    mark = len(api_app.log_text())
+    async with api_app.client("alice") as http:
+        for existing in (True, False):
+            if existing:
+                cid = (await chat(http, "before"))["conversation_id"]
+            else:
+                cid = (await http.post("/conversations", json={})).json()["id"]
+            ids = []
+            for name in ("a.txt", "b.txt"):
+                upload = await http.post(f"/conversations/{cid}/files", files={"file": (name, name.encode(), "text/plain")})
+                assert upload.status_code == 201, upload.text
+                ids.append(upload.json()["id"])
+            calls = llm.chat_requests()
+            switch.touch()
+            try:
+                for stream in (False, True):
+                    refused = await http.post("/chat", json={"query": "with files", "conversation_id": cid,
+                                                             "file_ids": ids, "stream": stream})
+                    if stream:
+                        assert refused.status_code == 200 and "event: error" in refused.text
+                        assert '"status": 503' in refused.text and "nothing of this message was saved" in refused.text
+                    else:
+                        assert refused.status_code == 503, refused.text
+                        assert refused.headers["content-type"].startswith(PROBLEM)
+                        assert "'a.txt' could not be stored" in refused.json()["detail"]
+                        assert int(refused.headers["retry-after"]) > 0
+            finally:
+                switch.unlink()
+            assert llm.chat_requests() == calls  # the model was not asked
+            await api_app.settled()
+            stored = (await http.get(f"/conversations/{cid}/messages")).json()["data"]
+            assert [m["text"] for m in stored] == (["before", stored[-1]["text"]] if existing else [])
+            answer = await chat(http, "with files", conversation_id=cid, file_ids=ids)
+            assert answer["conversation_id"] == cid
+            messages = (await http.get(f"/conversations/{cid}/messages")).json()["data"]
+            mine = [m for m in messages if m["text"] == "with files"]
+            assert len(mine) == 1 and sorted(a["name"] for a in mine[0]["attachments"]) == ["a.txt", "b.txt"]
+    log = api_app.log_text()[mark:]
+    assert "attachment 'a.txt'" in log and "was not saved" in log and "Traceback" not in log
 
 
 async def test_another_users_token_sees_and_changes_nothing(api_app, llm):
