@@ -24,8 +24,8 @@ from typing import Any
 
 from ops.output import Output
 
-from .backends import Endpoint, is_chainlit_source, open_layer
 from .records import Bundle
+from .stores import Endpoint, is_chainlit_source, open_layer
 
 #: The progress file is rewritten after this many finished threads, or this long.
 PROGRESS_EVERY_THREADS = 20

@@ -37,7 +37,7 @@ from .records import Bundle, element_record, feedback_record, step_record, threa
 if TYPE_CHECKING:
     from settings import Settings
 
-    from .backends import Endpoint
+    from .stores import Endpoint
 
 PREFIX = "chainlit+"
 TABLES = ("users", "threads", "steps", "elements", "feedbacks")

@@ -104,7 +104,7 @@ class Backends:
     @asynccontextmanager
     async def open(self, endpoint: str, *, create: bool = True) -> AsyncIterator[Any]:
         """Our data layer (with its storage as `.storage`) on the endpoint."""
-        from ops.backends import Endpoint, open_layer
+        from ops.stores import Endpoint, open_layer
         from settings import load_settings
 
         async with open_layer(load_settings(dotenv=False, export_secret=False), Endpoint.parse(endpoint, "endpoint"),
