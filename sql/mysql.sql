@@ -1,6 +1,9 @@
 -- Schema of chainlit-persist for mysql, generated from datalayers/sqlalchemy/schema.py
 -- by `make ddl`. The Alembic migrations produce exactly this (tests/datalayers/test_migrations.py).
 -- Prefer `python -m datalayers.migrations upgrade`: it also records the revision.
+-- Identifiers must compare exactly: revision 0007 converts every table to a binary,
+-- no-pad collation (MariaDB utf8mb4_nopad_bin, MySQL 8 utf8mb4_0900_bin); by hand, run
+-- ALTER TABLE <t> CONVERT TO CHARACTER SET utf8mb4 COLLATE <that collation> for each.
 
 CREATE TABLE users (
 	id VARCHAR(255) NOT NULL, 

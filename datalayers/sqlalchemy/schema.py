@@ -200,7 +200,12 @@ def ddl(dialect_name: str) -> str:
     header = (
         f"-- Schema of chainlit-persist for {dialect_name}, generated from datalayers/sqlalchemy/schema.py\n"
         "-- by `make ddl`. The Alembic migrations produce exactly this (tests/datalayers/test_migrations.py).\n"
-        "-- Prefer `python -m datalayers.migrations upgrade`: it also records the revision.\n\n"
+        "-- Prefer `python -m datalayers.migrations upgrade`: it also records the revision.\n"
     )
+    if dialect_name == "mysql":
+        header += ("-- Identifiers must compare exactly: revision 0007 converts every table to a binary,\n"
+                   "-- no-pad collation (MariaDB utf8mb4_nopad_bin, MySQL 8 utf8mb4_0900_bin); by hand, run\n"
+                   "-- ALTER TABLE <t> CONVERT TO CHARACTER SET utf8mb4 COLLATE <that collation> for each.\n")
+    header += "\n"
     return header + ";\n\n".join(statements) + ";\n"
 

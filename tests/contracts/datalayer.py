@@ -104,7 +104,30 @@ class DataLayerContract(DerivedStoreContract):
         results = await asyncio.gather(*(datalayer.create_user(User(identifier=identifier)) for _ in range(5)))
         assert len({r.id for r in results}) == 1
 
+    async def test_identifiers_are_exact_case_and_trailing_spaces_make_another_user(self, datalayer):
+        """MySQL/MariaDB's default collations found 'alice' for 'Alice' and 'alice ': the
+        second person logged in as the first and saw their conversations."""
+        alice = f"alice-{new_id()}"
+        first = await datalayer.create_user(User(identifier=alice))
+        for other in (alice.upper(), alice.capitalize(), f"{alice} "):
+            assert await datalayer.get_user(other) is None
+            created = await datalayer.create_user(User(identifier=other))
+            assert created.id != first.id and created.identifier == other
+            assert (await datalayer.get_user(other)).id == created.id
+        assert (await datalayer.get_user(alice)).id == first.id
+
     # ------------------------------------------------------------------ threads
+    async def test_ids_differing_only_in_case_are_different_threads(self, datalayer, user):
+        other = await datalayer.create_user(User(identifier=f"other-{new_id()}"))
+        lower = await self.new_thread(datalayer, user, name="mine")
+        upper = lower.upper()
+        await datalayer.update_thread(upper, name="theirs", user_id=other.id)
+        assert (await datalayer.get_thread(lower))["name"] == "mine"
+        assert (await datalayer.get_thread_author(lower)) == user.identifier
+        assert (await datalayer.get_thread(upper))["name"] == "theirs"
+        assert await self.list_all(datalayer, user) == [lower]
+        assert await self.list_all(datalayer, other) == [upper]
+
     async def test_update_thread_creates_and_get_thread_returns_it(self, datalayer, user):
         thread_id = await self.new_thread(datalayer, user, name="Trip planning", metadata={"a": 1}, tags=["x"])
         thread = await datalayer.get_thread(thread_id)

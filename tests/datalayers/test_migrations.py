@@ -72,7 +72,7 @@ async def test_fresh_database_migrates_to_exactly_the_schema(backend, sql_url_fa
         await migrations.upgrade(engine)  # idempotent: a second run is a no-op
         async with engine.connect() as conn:
             assert await conn.run_sync(_diffs) == []
-            assert await conn.run_sync(migrations.current_revision_sync) == "0006"
+            assert await conn.run_sync(migrations.current_revision_sync) == "0007"
             names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
             if backend == "postgresql":
                 indexes = {i["name"] for t in ("steps", "threads") for i in await conn.run_sync(
@@ -313,3 +313,36 @@ async def test_upgrade_of_a_chainlit_postgres_database_keeps_every_row(postgres_
         assert await layer.get_thread("not-a-uuid") is None
     finally:
         await layer.close()
+
+
+async def test_mariadb_tables_become_exact_and_keep_their_rows_and_keys(sql_url_factory):
+    """Revision 0007 on a MariaDB database at 0006 with rows: every table compares exactly
+    (binary, no pad), the rows and the threads → users key (ON DELETE CASCADE) are kept."""
+    url = sql_url_factory("mariadb")
+    engine = create_async_engine(url)
+    try:
+        await migrations.upgrade(engine, "0006")
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO users (id, identifier, metadata, createdAt) "
+                                    "VALUES (:id, 'alice', '{}', '2026-01-01T00:00:00.000000Z')"), {"id": USER_ID})
+            await conn.execute(text("INSERT INTO threads (id, name, userId, userIdentifier) "
+                                    "VALUES (:id, 'kept', :user, 'alice')"), {"id": THREAD_ID, "user": USER_ID})
+            assert (await conn.execute(text("SELECT count(*) FROM users WHERE identifier = 'ALICE '"))).scalar() == 1
+        await migrations.upgrade(engine)
+        async with engine.begin() as conn:
+            assert await conn.run_sync(migrations.current_revision_sync) == "0007"
+            collations = dict((await conn.execute(text(
+                "SELECT table_name, table_collation FROM information_schema.tables "
+                "WHERE table_schema = DATABASE() AND table_name <> 'alembic_version'"))).all())
+            assert len(collations) == 7 and set(collations.values()) == {"utf8mb4_nopad_bin"}, collations
+            assert await conn.run_sync(_diffs) == []
+            assert (await conn.execute(text("SELECT count(*) FROM users WHERE identifier = 'ALICE '"))).scalar() == 0
+            assert (await conn.execute(text("SELECT name FROM threads WHERE userId = :u"), {"u": USER_ID})).scalar() == "kept"
+            keys = (await conn.execute(text(
+                "SELECT constraint_name, delete_rule FROM information_schema.referential_constraints "
+                "WHERE constraint_schema = DATABASE()"))).all()
+            assert [tuple(k) for k in keys] == [("threads_userId_fkey", "CASCADE")]
+            await conn.execute(text("DELETE FROM users WHERE id = :u"), {"u": USER_ID})
+            assert (await conn.execute(text("SELECT count(*) FROM threads"))).scalar() == 0
+    finally:
+        await engine.dispose()
