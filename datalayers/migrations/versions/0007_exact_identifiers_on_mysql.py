@@ -53,12 +53,12 @@ def upgrade() -> None:
     # tables converted, and the same keys created again.
     keys = [(table, key) for table in present for key in inspector.get_foreign_keys(table)]
     for table, key in keys:
-        op.drop_constraint(key["name"], table, type_="foreignkey")
+        op.drop_constraint(str(key["name"]), table, type_="foreignkey")  # MySQL names every key
     for table in present:
         op.execute(f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}")
     for table, key in keys:
         options = key.get("options") or {}
-        op.create_foreign_key(key["name"], table, key["referred_table"], key["constrained_columns"],
+        op.create_foreign_key(str(key["name"]), table, key["referred_table"], key["constrained_columns"],
                               key["referred_columns"], ondelete=options.get("ondelete"), onupdate=options.get("onupdate"))
 
 
