@@ -378,12 +378,12 @@ class KnowledgeService:
             elements: list[cl.Element] = []
             for result in results:
                 if not result.ok:
-                    lines.append(f"- ✗ {result.url} — {result.error}")
+                    lines.append(f"- ✗ {_md_url(result.url)} — {result.error}")
                     continue
                 title = (result.title or result.final_url).strip()[:120]
                 name = f"Page {len(pages) + 1}"
                 size = _size(result.size_bytes)
-                lines.append(f"- ✓ {name}: [{_md_escape(title)}]({result.final_url}) — {size}")
+                lines.append(f"- ✓ {name}: [{_md_escape(title)}]({_md_url(result.final_url)}) — {size}")
                 page_text = result.text[:MAX_PAGE_CHARS]
                 element = cl.Text(name=name, content=f"{title}\n{result.final_url}\n\n{page_text}", display="side")
                 elements.append(element)
@@ -436,6 +436,15 @@ def _size(size: int) -> str:
 
 def _md_escape(text: str) -> str:
     return text.replace("[", "(").replace("]", ")")
+
+
+#: Characters that would end a Markdown link target or open another link: a page (or a
+#: redirect it chose) could otherwise append a second, deceptive link to the line.
+_MD_URL_UNSAFE = {c: f"%{ord(c):02X}" for c in " ()<>[]`*_\\"}
+
+
+def _md_url(url: str) -> str:
+    return "".join(_MD_URL_UNSAFE.get(c, c) for c in url)
 
 
 async def _notice(text: str) -> None:

@@ -254,3 +254,15 @@ async def test_each_document_type_is_indexed_retrieved_and_cited_with_its_place(
     cited = [line for line in answer.content.split("; ") if name in line]
     assert cited, answer.content
     assert any(where in line for line in cited), answer.content
+
+
+def test_a_page_address_cannot_add_a_link_of_its_own_to_the_list_of_pages_read():
+    """The address (the user's, or a redirect the page chose) goes into a Markdown link
+    target: what would end it or start another link is percent-encoded."""
+    import re
+
+    from knowledge.service import _md_url
+
+    line = f"[Title]({_md_url('http://example.test/a)[Sign in](http://evil.test/login) x')})"
+    assert re.findall(r"\]\(([^)]*)\)", line) == ["http://example.test/a%29%5BSign%20in%5D%28http://evil.test/login%29%20x"]
+    assert _md_url("https://example.test/path?q=1#frag") == "https://example.test/path?q=1#frag"
