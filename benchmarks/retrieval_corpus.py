@@ -155,9 +155,11 @@ class _Names:
     def __init__(self, rng: random.Random):
         self.rng = rng
         self.used: set[str] = set()
+        self.longer = 0  # extra syllables per word, once the short names are used up
 
     def _word(self) -> str:
-        return "".join(self.rng.choice(SYLLABLES) for _ in range(self.rng.randint(2, 3))).capitalize()
+        syllables = self.rng.randint(2, 3) + self.longer
+        return "".join(self.rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
 
     def person(self) -> str:
         return self._unique(lambda: f"{self._word()} {self._word()}")
@@ -171,11 +173,17 @@ class _Names:
         return self._unique(lambda: f"{rng.choice(CODE_PREFIXES)}-{rng.randint(1000, 9999)}-{letters}")
 
     def _unique(self, make) -> str:
+        # A large corpus uses up the short names (about 57,000 companies): after many
+        # collisions in a row, words get a syllable longer (else this loop never ended).
+        misses = 0
         while True:
             value = make()
             if value not in self.used:
                 self.used.add(value)
                 return value
+            misses += 1
+            if misses % 200 == 0:
+                self.longer += 1
 
 
 def _values(rng: random.Random, names: _Names, place: str) -> dict[str, str]:
