@@ -36,6 +36,7 @@ _pool: concurrent.futures.ProcessPoolExecutor | None = None
 _pool_failed = False
 _pool_worked = False
 _pool_lock = threading.RLock()
+_in_flight = 0  # documents submitted and not yet done, across pools
 
 
 def _get_pool(max_workers: int) -> concurrent.futures.ProcessPoolExecutor | None:
@@ -76,7 +77,7 @@ async def extract_async(
             # submit() starts the worker processes when needed (fork+exec, tens of ms, more
             # on a loaded machine): it runs in a thread so the event loop never waits for it.
             future = await asyncio.to_thread(_submit, pool, data, name, mime, max_pages, max_unzipped_bytes, time_limit)
-            document = await asyncio.wait_for(asyncio.wrap_future(future), time_limit + KILL_GRACE_SECONDS)
+            document = await asyncio.wait_for(asyncio.wrap_future(future), _patience(future, max_workers, time_limit))
         except TimeoutError:
             _forget(pool)
             _kill(pool)
@@ -102,8 +103,28 @@ async def extract_async(
 
 
 def _submit(pool: concurrent.futures.ProcessPoolExecutor, *args) -> concurrent.futures.Future[Document]:
+    global _in_flight
     with _pool_lock, _main_hidden():
-        return pool.submit(_extract_in_worker, *args)
+        future = pool.submit(_extract_in_worker, *args)
+        future.ahead = _in_flight  # type: ignore[attr-defined]
+        _in_flight += 1
+    future.add_done_callback(_one_done)
+    return future
+
+
+def _one_done(_future: concurrent.futures.Future) -> None:
+    global _in_flight
+    with _pool_lock:
+        _in_flight -= 1
+
+
+def _patience(future: concurrent.futures.Future, max_workers: int, time_limit: float) -> float:
+    """How long the app waits for a document before it takes its worker for stuck. The
+    worker's timer starts when the worker takes the document up, not at submission: each
+    round of the documents queued ahead of it takes at most `time_limit` too (their own
+    timers), so a document waiting its turn is not mistaken for a stuck one."""
+    rounds = 1 + getattr(future, "ahead", 0) // max(1, max_workers)
+    return rounds * time_limit + KILL_GRACE_SECONDS
 
 
 def _kill(pool: concurrent.futures.ProcessPoolExecutor) -> None:

@@ -287,6 +287,26 @@ async def test_a_document_read_for_too_long_is_refused_and_the_worker_goes_on():
         pool_module.close()
 
 
+async def test_documents_waiting_their_turn_are_not_taken_for_stuck(monkeypatch, caplog):
+    """With one worker, documents queue: the app's patience counts the rounds queued ahead
+    (each at most the time limit), so the last of many is read, not killed for waiting."""
+    import asyncio
+
+    pool_module.close()
+    monkeypatch.setattr(pool_module, "KILL_GRACE_SECONDS", 0.1)
+    try:
+        await extract_async(b"# warm\n", "warm.md", "text/markdown")  # the worker is started
+        pdf = make_pdf(600)
+        queued = [extract_async(pdf, f"d{i}.pdf", "application/pdf", time_limit=2) for i in range(16)]
+        last = extract_async(b"# Last\n\ntext", "last.md", "text/markdown", time_limit=2)
+        *documents, final = await asyncio.gather(*queued, last)
+        assert len(documents) == 16 and final.title == "Last"
+        assert "its worker was killed" not in caplog.text
+        assert pool_module._in_flight == 0
+    finally:
+        pool_module.close()
+
+
 async def test_a_worker_that_ignores_its_timer_is_killed(monkeypatch, caplog):
     """Should the worker not stop (stuck in C code), the app stops waiting, kills the worker
     and refuses the document; the next document gets a new pool. Here the app's wait is made
