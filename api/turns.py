@@ -30,7 +30,7 @@ from knowledge.service import Attachment
 
 from . import models
 from .auth import Caller
-from .deps import ApiParts
+from .deps import ApiParts, logger
 from .problems import Problem
 from .threads import owned_thread, resolve_settings, stored_settings
 from .uploads import PendingFile
@@ -93,7 +93,11 @@ class TurnPlan:
                 await data_layer.create_element(element)  # the blob is stored before this returns
             except Exception as exc:  # logged with its context by the data layer
                 for stored in files:
-                    await data_layer.delete_element(stored.element_id, self.conversation_id)
+                    try:  # journaled: retried until the store takes it
+                        await data_layer.delete_element(stored.element_id, self.conversation_id)
+                    except Exception as undo_error:  # the call is refused all the same
+                        logger.error("attachment %s of conversation %s could not be taken back after %r failed: %s",
+                                     stored.element_id, self.conversation_id, pending.name, undo_error)
                 raise Problem(503, f"the file {pending.name!r} could not be stored ({failure_reason(exc)}); "
                                    "nothing of this message was saved: send it again",
                               headers={"Retry-After": "5"}) from exc
