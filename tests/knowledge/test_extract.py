@@ -3,9 +3,11 @@ Markdown and text; the guards (encrypted and broken PDFs, zip bombs, page caps);
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import pickle
+import time
 import zipfile
 
 import pytest
@@ -290,8 +292,6 @@ async def test_a_document_read_for_too_long_is_refused_and_the_worker_goes_on():
 async def test_documents_waiting_their_turn_are_not_taken_for_stuck(monkeypatch, caplog):
     """With one worker, documents queue: the app's patience counts the rounds queued ahead
     (each at most the time limit), so the last of many is read, not killed for waiting."""
-    import asyncio
-
     pool_module.close()
     monkeypatch.setattr(pool_module, "KILL_GRACE_SECONDS", 0.1)
     try:
@@ -321,9 +321,12 @@ async def test_a_worker_that_ignores_its_timer_is_killed(monkeypatch, caplog):
         with pytest.raises(ExtractionError, match=r"^big\.pdf: reading it took longer than 30 s$"):
             await extract_async(make_pdf(300), "big.pdf", "application/pdf", time_limit=30)
         assert pool_module._pool is None
-        for worker in workers:
-            worker.join(timeout=10)
-            assert not worker.is_alive()
+        # The executor's own thread may reap a killed worker first; is_alive() then reads
+        # its exit code a moment later, so it is polled rather than read once.
+        deadline = time.monotonic() + 20
+        while any(worker.is_alive() for worker in workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not any(worker.is_alive() for worker in workers)
         assert "did not stop at its 30 s limit: its worker was killed" in caplog.text
         monkeypatch.setattr(pool_module, "KILL_GRACE_SECONDS", 15.0)
         doc = await extract_async(b"# Again\n\ntext", "b.md", "text/markdown")
